@@ -1,0 +1,272 @@
+"""Ring assignment: a cohort set compiled against stored opt-ins and usage, and `assign()` over it.
+
+Compiling turns a spec plus what the database knows (who opted in or out, who matches each usage
+rule) into a `CompiledCohortSet`: immutable, with every key list materialized. `assign` is a pure
+function of that, a context and a rotation epoch. The first of these that matches decides:
+pins, opt-in/opt-out, rules in the order written, the percentage split, the default ring.
+The flagd compiler (`cohorts.flagd`) renders the same compiled set, so both always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from cohorts.bucketing import hash_position, pick
+from cohorts.errors import MaterializationLimitExceeded
+from cohorts.matchers import (
+    Match,
+    MatchAll,
+    MatchAny,
+    MatchAttribute,
+    MatchKeys,
+    MatchNot,
+    Predicate,
+    lookup,
+    materialized_key_count,
+    predicate_of,
+)
+from cohorts.spec import (
+    TOTAL_WEIGHT,
+    AllOf,
+    AnyOf,
+    AttributeCondition,
+    CohortSetSpec,
+    Condition,
+    NotOf,
+    Rotation,
+    SeenCondition,
+    UsageCondition,
+)
+
+DEFAULT_MAX_MATERIALIZED_KEYS = 50_000
+
+UsageQuery = AllOf | AnyOf | UsageCondition | SeenCondition
+UsageKeys = Callable[[UsageQuery], frozenset[str]]
+"""Answers which stored targeting keys satisfy a condition over usage history only."""
+
+RuleKind = Literal["pin", "opt-in", "opt-out", "rule", "split", "default"]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    ring: str
+    reason: str
+    kind: RuleKind
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    name: str
+    ring: str
+    match: Match
+    matches: Predicate = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class CompiledSplit:
+    """The split in two stages: the rotating rings drawn with an epoch-salted hash, then the rest."""
+
+    bucket_by: str
+    salt: str
+    rotating: tuple[tuple[str, int], ...]
+    static: tuple[tuple[str, int], ...]
+    rotation: Rotation | None
+
+    @property
+    def static_total(self) -> int:
+        return TOTAL_WEIGHT - sum(weight for _, weight in self.rotating)
+
+    def rotating_value(self, epoch: int, bucketing_value: str) -> str:
+        return f"{self.rotating_prefix(epoch)}{bucketing_value}"
+
+    def rotating_prefix(self, epoch: int) -> str:
+        return f"{self.salt}/epoch-{epoch}/"
+
+    @property
+    def static_prefix(self) -> str:
+        return f"{self.salt}/"
+
+
+@dataclass(frozen=True)
+class CompiledCohortSet:
+    name: str
+    version: int
+    rings: tuple[str, ...]
+    fallback_ring: str
+    pins: Mapping[str, str]
+    opt_in_ring: str | None
+    opted_in: frozenset[str]
+    opt_out_ring: str | None
+    opted_out: frozenset[str]
+    rules: tuple[CompiledRule, ...]
+    split: CompiledSplit | None
+    compiled_at: datetime
+
+    @property
+    def materialized_key_count(self) -> int:
+        return (
+            len(self.pins)
+            + len(self.opted_in)
+            + len(self.opted_out)
+            + sum(materialized_key_count(rule.match) for rule in self.rules)
+        )
+
+
+def _uses_only_usage(condition: Condition) -> bool:
+    if isinstance(condition, UsageCondition | SeenCondition):
+        return True
+    if isinstance(condition, AllOf):
+        return all(_uses_only_usage(child) for child in condition.all)
+    if isinstance(condition, AnyOf):
+        return all(_uses_only_usage(child) for child in condition.any)
+    return False
+
+
+def _describe(condition: Condition) -> str:
+    if isinstance(condition, UsageCondition):
+        return f"{condition.metric} {condition.op} {condition.value:g}"
+    if isinstance(condition, SeenCondition):
+        return f"seen within {condition.seen_within}"
+    if isinstance(condition, AllOf):
+        return " and ".join(_describe(child) for child in condition.all)
+    if isinstance(condition, AnyOf):
+        return " or ".join(_describe(child) for child in condition.any)
+    if isinstance(condition, NotOf):
+        return f"not ({_describe(condition.not_)})"
+    return f"{condition.attribute} {condition.op} {condition.value!r}"
+
+
+def _to_match(condition: Condition, usage_keys: UsageKeys) -> Match:
+    # A subtree over usage history alone becomes one materialized key list; `not` stays a
+    # negation, so users with no usage record at all do match `not (active_days_30d >= 20)`.
+    if _uses_only_usage(condition):
+        assert isinstance(condition, AllOf | AnyOf | UsageCondition | SeenCondition)
+        return MatchKeys(frozenset(usage_keys(condition)), _describe(condition))
+    if isinstance(condition, AttributeCondition):
+        return MatchAttribute(condition)
+    if isinstance(condition, AllOf):
+        return MatchAll(tuple(_to_match(child, usage_keys) for child in condition.all))
+    if isinstance(condition, AnyOf):
+        return MatchAny(tuple(_to_match(child, usage_keys) for child in condition.any))
+    assert isinstance(condition, NotOf)
+    return MatchNot(_to_match(condition.not_, usage_keys))
+
+
+def _no_usage(query: UsageQuery) -> frozenset[str]:
+    return frozenset()
+
+
+def compile_cohort_set(
+    spec: CohortSetSpec,
+    *,
+    version: int,
+    compiled_at: datetime,
+    opted_in: Iterable[str] = (),
+    opted_out: Iterable[str] = (),
+    usage_keys: UsageKeys = _no_usage,
+    max_keys: int = DEFAULT_MAX_MATERIALIZED_KEYS,
+) -> CompiledCohortSet:
+    """Materialize a checked spec; raises MaterializationLimitExceeded past `max_keys` keys."""
+    pins = {key: ring for ring in spec.rings for key in spec.pins.get(ring, [])}
+    rules = []
+    for rule in spec.rules:
+        match = _to_match(rule.when, usage_keys)
+        rules.append(CompiledRule(rule.name, rule.ring, match, predicate_of(match)))
+
+    split = None
+    if spec.split is not None:
+        rotating_names = set(spec.split.rotation.rings) if spec.split.rotation else set()
+        weighted = [(ring, spec.split.weight(ring)) for ring in spec.rings if spec.split.weight(ring) > 0]
+        split = CompiledSplit(
+            bucket_by=spec.split.bucket_by,
+            salt=spec.split.salt or spec.name,
+            rotating=tuple(entry for entry in weighted if entry[0] in rotating_names),
+            static=tuple(entry for entry in weighted if entry[0] not in rotating_names),
+            rotation=spec.split.rotation,
+        )
+
+    compiled = CompiledCohortSet(
+        name=spec.name,
+        version=version,
+        rings=tuple(spec.rings),
+        fallback_ring=spec.fallback_ring,
+        pins=pins,
+        opt_in_ring=spec.opt_in_ring,
+        opted_in=frozenset(opted_in) if spec.opt_in_ring else frozenset(),
+        opt_out_ring=spec.opt_out_ring,
+        opted_out=frozenset(opted_out) if spec.opt_out_ring else frozenset(),
+        rules=tuple(rules),
+        split=split,
+        compiled_at=compiled_at,
+    )
+    total = compiled.materialized_key_count
+    if total > max_keys:
+        sizes = {"pins": len(pins), "opted in": len(compiled.opted_in), "opted out": len(compiled.opted_out)}
+        sizes.update({f"rule {rule.name!r}": materialized_key_count(rule.match) for rule in rules})
+        largest = max(sizes, key=lambda name: sizes[name])
+        raise MaterializationLimitExceeded(spec.name, total, max_keys, f"{largest}, {sizes[largest]:,} keys")
+    return compiled
+
+
+def _percent(start: int, end: int, total: int) -> str:
+    return f"{start * 100 / total:.4g}–{end * 100 / total:.4g} %"
+
+
+def _split_assignment(split: CompiledSplit, bucketing_value: str, epoch: int) -> Assignment:
+    if split.rotating:
+        position = hash_position(split.rotating_value(epoch, bucketing_value))
+        placed = pick(position, split.rotating, TOTAL_WEIGHT)
+        if placed is not None:
+            ring, start, end = placed
+            return Assignment(
+                ring,
+                f"rotating split, epoch {epoch}: hash position {position / 2**32:.4f} "
+                f"falls in {ring} ({_percent(start, end, TOTAL_WEIGHT)})",
+                "split",
+            )
+    if len(split.static) == 1:
+        ring = split.static[0][0]
+        return Assignment(ring, f"split: every user not in a rotating ring is in {ring}", "split")
+    position = hash_position(split.static_prefix + bucketing_value)
+    placed = pick(position, split.static, split.static_total)
+    assert placed is not None, "positions below 2**32 always land in a range"
+    ring, start, end = placed
+    return Assignment(
+        ring,
+        f"split: hash position {position / 2**32:.4f} falls in {ring} "
+        f"({_percent(start, end, split.static_total)} of the non-rotating users)",
+        "split",
+    )
+
+
+def assign(compiled: CompiledCohortSet, context: Mapping[str, Any], epoch: int) -> Assignment:
+    """The ring of the user described by a flagd-style context (`targetingKey` plus attributes)."""
+    key = context.get("targetingKey")
+    if isinstance(key, str):
+        ring = compiled.pins.get(key)
+        if ring is not None:
+            return Assignment(ring, f"pin: targeting key {key!r} is pinned to {ring}", "pin")
+        if key in compiled.opted_in:
+            assert compiled.opt_in_ring is not None
+            return Assignment(compiled.opt_in_ring, f"opt-in: {key!r} opted into {compiled.opt_in_ring}", "opt-in")
+        if key in compiled.opted_out:
+            assert compiled.opt_out_ring is not None
+            return Assignment(compiled.opt_out_ring, f"opt-out: {key!r} opted out to {compiled.opt_out_ring}", "opt-out")
+    for rule in compiled.rules:
+        if rule.matches(context):
+            return Assignment(rule.ring, f"rule {rule.name!r} matched", "rule", rule.name)
+    split = compiled.split
+    if split is not None:
+        bucketing_value = lookup(context, split.bucket_by)
+        if isinstance(bucketing_value, str) and bucketing_value:
+            return _split_assignment(split, bucketing_value, epoch)
+        return Assignment(
+            compiled.fallback_ring,
+            f"default: {split.bucket_by!r} is missing or not a non-empty string, so the split cannot place the user",
+            "default",
+        )
+    return Assignment(compiled.fallback_ring, "default: no rule matched and the set has no split", "default")

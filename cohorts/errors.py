@@ -1,0 +1,77 @@
+"""The cohorts package's exception family: every error it raises is a CohortError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CohortError(Exception):
+    """Base of every error the cohorts package raises."""
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One thing wrong with a cohort set, with the field it is in (e.g. ``rules[1].ring``)."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class InvalidCohortSet(CohortError):
+    """A cohort set that does not hold together; ``problems`` names each field and the fix."""
+
+    def __init__(self, problems: list[SpecProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(problem) for problem in problems))
+
+
+class CohortSetNotFound(CohortError):
+    def __init__(self, name: str, version: int | None = None) -> None:
+        self.name = name
+        self.version = version
+        which = f"cohort set {name!r}" if version is None else f"version {version} of cohort set {name!r}"
+        super().__init__(f"{which} does not exist; list them with GET /api/v1/cohort-sets")
+
+
+class CohortSetExists(CohortError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"cohort set {name!r} already exists; update it with PUT instead")
+
+
+class VersionConflict(CohortError):
+    """An update was based on a version that is no longer the current one."""
+
+    def __init__(self, name: str, expected: int, current: int) -> None:
+        self.name = name
+        self.expected = expected
+        self.current = current
+        super().__init__(
+            f"cohort set {name!r} is at version {current}, not {expected}; "
+            "read it again and reapply your change"
+        )
+
+
+class MaterializationLimitExceeded(CohortError):
+    """Compiling would put more targeting keys into the flagd document than allowed."""
+
+    def __init__(self, cohort_set: str, key_count: int, limit: int, largest: str) -> None:
+        self.cohort_set = cohort_set
+        self.key_count = key_count
+        self.limit = limit
+        super().__init__(
+            f"cohort set {cohort_set!r} would materialize {key_count:,} targeting keys "
+            f"(largest list: {largest}); the limit is {limit:,} per set. Narrow the usage "
+            "rules, or raise RINGMASTER_MAX_MATERIALIZED_KEYS"
+        )
+
+
+class InvalidUsage(CohortError):
+    """A usage batch that cannot be stored; ``problems`` names each row and field."""
+
+    def __init__(self, problems: list[SpecProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(problem) for problem in problems))
