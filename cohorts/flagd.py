@@ -84,7 +84,8 @@ def flagd_document(compiled: CompiledCohortSet, epoch: int) -> dict[str, Any]:
                 "state": "ENABLED",
                 "variants": {ring: ring for ring in compiled.rings},
                 "defaultVariant": compiled.fallback_ring,
-                "targeting": {"$ref": key},
+                # flagd's schema takes a reference as an operand, not as the whole rule.
+                "targeting": {"if": [{"$ref": key}]},
                 "metadata": {
                     "cohortSet": compiled.name,
                     "cohortSetVersion": compiled.version,

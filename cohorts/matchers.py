@@ -183,7 +183,8 @@ def _attribute_logic(condition: AttributeCondition) -> JsonLogic:
         return {op: [actual, expected]}
     assert isinstance(expected, str)
     semver_operator, version = split_semver_value(expected)
-    return {"sem_ver": [actual, semver_operator, version]}
+    # flagd's schema wants the full form: '2.1' is written '2.1.0', 'v5' is written '5.0.0'.
+    return {"sem_ver": [actual, semver_operator, str(parse_version(version))]}
 
 
 def targeting_key_in(keys: frozenset[str]) -> JsonLogic:
