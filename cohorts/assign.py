@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from cohorts.bucketing import hash_position, pick
 from cohorts.errors import MaterializationLimitExceeded
@@ -50,12 +50,52 @@ UsageKeys = Callable[[UsageQuery], frozenset[str]]
 RuleKind = Literal["pin", "opt-in", "opt-out", "rule", "split", "default"]
 
 
-@dataclass(frozen=True)
-class Assignment:
+class SplitPlacement(NamedTuple):
+    """Where the split put a user: the stage, the hash position and the range it fell in."""
+
+    rotating: bool
+    epoch: int
+    position: int
+    start: int
+    end: int
+    total: int
+
+
+class Assignment(NamedTuple):
+    """A user's ring and why. `reason` is rendered on demand, keeping `assign` itself cheap."""
+
     ring: str
-    reason: str
     kind: RuleKind
     rule: str | None = None
+    subject: str | None = None
+    placement: SplitPlacement | None = None
+
+    @property
+    def reason(self) -> str:
+        if self.kind == "pin":
+            return f"pin: targeting key {self.subject!r} is pinned to {self.ring}"
+        if self.kind == "opt-in":
+            return f"opt-in: {self.subject!r} opted into {self.ring}"
+        if self.kind == "opt-out":
+            return f"opt-out: {self.subject!r} opted out to {self.ring}"
+        if self.kind == "rule":
+            return f"rule {self.rule!r} matched"
+        if self.kind == "split":
+            placed = self.placement
+            if placed is None:
+                return f"split: every user not in a rotating ring is in {self.ring}"
+            where = f"hash position {placed.position / 2**32:.4f} falls in {self.ring} ({_percent(placed)}"
+            if placed.rotating:
+                return f"rotating split, epoch {placed.epoch}: {where})"
+            return f"split: {where} of the users outside the rotating rings)" if placed.total < TOTAL_WEIGHT \
+                else f"split: {where})"
+        if self.subject is not None:
+            return f"default: {self.subject!r} is missing or not a non-empty string, so the split cannot place the user"
+        return "default: no rule matched and the set has no split"
+
+
+def _percent(placed: SplitPlacement) -> str:
+    return f"{placed.start * 100 / placed.total:.4g}–{placed.end * 100 / placed.total:.4g} %"
 
 
 @dataclass(frozen=True)
@@ -75,20 +115,16 @@ class CompiledSplit:
     rotating: tuple[tuple[str, int], ...]
     static: tuple[tuple[str, int], ...]
     rotation: Rotation | None
+    static_total: int = field(init=False)
+    static_prefix: str = field(init=False)
 
-    @property
-    def static_total(self) -> int:
-        return TOTAL_WEIGHT - sum(weight for _, weight in self.rotating)
-
-    def rotating_value(self, epoch: int, bucketing_value: str) -> str:
-        return f"{self.rotating_prefix(epoch)}{bucketing_value}"
+    def __post_init__(self) -> None:
+        # Derived once here: assign() reads them for every user.
+        object.__setattr__(self, "static_total", TOTAL_WEIGHT - sum(weight for _, weight in self.rotating))
+        object.__setattr__(self, "static_prefix", f"{self.salt}/")
 
     def rotating_prefix(self, epoch: int) -> str:
         return f"{self.salt}/epoch-{epoch}/"
-
-    @property
-    def static_prefix(self) -> str:
-        return f"{self.salt}/"
 
 
 @dataclass(frozen=True)
@@ -212,35 +248,20 @@ def compile_cohort_set(
     return compiled
 
 
-def _percent(start: int, end: int, total: int) -> str:
-    return f"{start * 100 / total:.4g}–{end * 100 / total:.4g} %"
-
-
 def _split_assignment(split: CompiledSplit, bucketing_value: str, epoch: int) -> Assignment:
     if split.rotating:
-        position = hash_position(split.rotating_value(epoch, bucketing_value))
+        position = hash_position(split.rotating_prefix(epoch) + bucketing_value)
         placed = pick(position, split.rotating, TOTAL_WEIGHT)
         if placed is not None:
             ring, start, end = placed
-            return Assignment(
-                ring,
-                f"rotating split, epoch {epoch}: hash position {position / 2**32:.4f} "
-                f"falls in {ring} ({_percent(start, end, TOTAL_WEIGHT)})",
-                "split",
-            )
+            return Assignment(ring, "split", placement=SplitPlacement(True, epoch, position, start, end, TOTAL_WEIGHT))
     if len(split.static) == 1:
-        ring = split.static[0][0]
-        return Assignment(ring, f"split: every user not in a rotating ring is in {ring}", "split")
+        return Assignment(split.static[0][0], "split")
     position = hash_position(split.static_prefix + bucketing_value)
     placed = pick(position, split.static, split.static_total)
     assert placed is not None, "positions below 2**32 always land in a range"
     ring, start, end = placed
-    return Assignment(
-        ring,
-        f"split: hash position {position / 2**32:.4f} falls in {ring} "
-        f"({_percent(start, end, split.static_total)} of the non-rotating users)",
-        "split",
-    )
+    return Assignment(ring, "split", placement=SplitPlacement(False, epoch, position, start, end, split.static_total))
 
 
 def assign(compiled: CompiledCohortSet, context: Mapping[str, Any], epoch: int) -> Assignment:
@@ -249,24 +270,20 @@ def assign(compiled: CompiledCohortSet, context: Mapping[str, Any], epoch: int) 
     if isinstance(key, str):
         ring = compiled.pins.get(key)
         if ring is not None:
-            return Assignment(ring, f"pin: targeting key {key!r} is pinned to {ring}", "pin")
+            return Assignment(ring, "pin", subject=key)
         if key in compiled.opted_in:
             assert compiled.opt_in_ring is not None
-            return Assignment(compiled.opt_in_ring, f"opt-in: {key!r} opted into {compiled.opt_in_ring}", "opt-in")
+            return Assignment(compiled.opt_in_ring, "opt-in", subject=key)
         if key in compiled.opted_out:
             assert compiled.opt_out_ring is not None
-            return Assignment(compiled.opt_out_ring, f"opt-out: {key!r} opted out to {compiled.opt_out_ring}", "opt-out")
+            return Assignment(compiled.opt_out_ring, "opt-out", subject=key)
     for rule in compiled.rules:
         if rule.matches(context):
-            return Assignment(rule.ring, f"rule {rule.name!r} matched", "rule", rule.name)
+            return Assignment(rule.ring, "rule", rule=rule.name)
     split = compiled.split
     if split is not None:
         bucketing_value = lookup(context, split.bucket_by)
         if isinstance(bucketing_value, str) and bucketing_value:
             return _split_assignment(split, bucketing_value, epoch)
-        return Assignment(
-            compiled.fallback_ring,
-            f"default: {split.bucket_by!r} is missing or not a non-empty string, so the split cannot place the user",
-            "default",
-        )
-    return Assignment(compiled.fallback_ring, "default: no rule matched and the set has no split", "default")
+        return Assignment(compiled.fallback_ring, "default", subject=split.bucket_by)
+    return Assignment(compiled.fallback_ring, "default")

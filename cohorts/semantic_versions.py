@@ -6,6 +6,7 @@ precedence; '^' means the same major version and '~' the same major and minor.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import semver
@@ -35,10 +36,16 @@ def parse_version(text: str) -> semver.Version:
         raise ValueError(f"{text!r} is not a semantic version; use e.g. '2.1.0' or 'v2.1'") from error
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_or_none(text: str) -> semver.Version | None:
+    # Apps report a handful of versions, each parsed once instead of on every evaluation.
+    try:
+        return parse_version(text)
+    except ValueError:
+        return None
+
+
 def compare(actual: object, semver_operator: str, target: semver.Version) -> bool:
     """What `{"sem_ver": [actual, op, target]}` decides; anything unparsable is no match."""
-    try:
-        version = parse_version(str(actual))
-    except ValueError:
-        return False
-    return SEMVER_OPERATORS[semver_operator](version, target)
+    version = _parsed_or_none(str(actual))
+    return version is not None and SEMVER_OPERATORS[semver_operator](version, target)
