@@ -29,10 +29,10 @@ POWER_USERS = frozenset(f"power-{number}" for number in range(20_000))
 
 SPEC = {
     "name": "bench",
-    "default_ring": "stable",
+    "defaultRing": "stable",
     "pins": {"canary": PINNED[:600], "laggard": PINNED[600:]},
-    "opt_in_ring": "early-adopter",
-    "opt_out_ring": "laggard",
+    "optInRing": "early-adopter",
+    "optOutRing": "laggard",
     "rules": [
         {"name": "staff", "ring": "canary", "when": {"attribute": "team", "op": "equals", "value": "staff"}},
         {

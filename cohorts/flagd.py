@@ -70,7 +70,11 @@ def ring_logic(compiled: CompiledCohortSet, epoch: int) -> JsonLogic:
 
 
 def flagd_document(compiled: CompiledCohortSet, epoch: int) -> dict[str, Any]:
-    """A flagd document (valid against flagd's flags.json schema) with the ring flag and evaluator."""
+    """A flagd document (valid against flagd's flags.json schema) with the ring flag and evaluator.
+
+    It is a function of what evaluates and nothing else (no compile time), so equal documents mean
+    equal behaviour and a hash of it serves as an ETag.
+    """
     key = ring_flag_key(compiled.name)
     return {
         "$schema": FLAGD_SCHEMA_URL,
@@ -90,7 +94,6 @@ def flagd_document(compiled: CompiledCohortSet, epoch: int) -> dict[str, Any]:
                     "cohortSet": compiled.name,
                     "cohortSetVersion": compiled.version,
                     "rotationEpoch": epoch,
-                    "compiledAt": compiled.compiled_at.isoformat(),
                 },
             }
         },

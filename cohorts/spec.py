@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic.alias_generators import to_camel
 
 from cohorts.errors import InvalidCohortSet, SpecProblem
 from cohorts.semantic_versions import SEMVER_OPERATORS, parse_version
@@ -47,7 +48,8 @@ def parse_duration_s(text: str) -> int:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # camelCase on the wire, like Kubernetes, flagd and OpenFeature; snake_case in Python.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel)
 
 
 class AttributeCondition(_Model):
@@ -142,6 +144,7 @@ def _condition_kind(value: Any) -> str | None:
     for key, kind in (
         ("attribute", "AttributeCondition"),
         ("metric", "UsageCondition"),
+        ("seenWithin", "SeenCondition"),
         ("seen_within", "SeenCondition"),
         ("all", "AllOf"),
         ("any", "AnyOf"),
@@ -164,7 +167,7 @@ Condition = Annotated[
         custom_error_type="unknown_condition",
         custom_error_message=(
             "a condition is one of {attribute, op, value}, {metric, op, value}, "
-            "{seen_within}, {all: [...]}, {any: [...]} or {not: ...}"
+            "{seenWithin}, {all: [...]}, {any: [...]} or {not: ...}"
         ),
     ),
 ]
@@ -265,9 +268,9 @@ def check_cohort_set(spec: CohortSetSpec) -> CohortSetSpec:
                 SpecProblem(field, f"{ring!r} is not one of the rings {spec.rings}; add it to rings or fix the name")
             )
 
-    need_ring("default_ring", spec.default_ring)
-    need_ring("opt_in_ring", spec.opt_in_ring)
-    need_ring("opt_out_ring", spec.opt_out_ring)
+    need_ring("defaultRing", spec.default_ring)
+    need_ring("optInRing", spec.opt_in_ring)
+    need_ring("optOutRing", spec.opt_out_ring)
 
     pinned_to: dict[str, str] = {}
     for ring, keys in spec.pins.items():
@@ -341,9 +344,9 @@ def default_cohort_set() -> CohortSetSpec:
             "name": "default",
             "description": "Staff first, then a rotating 5 % canary, opt-in early adopters, and the rest.",
             "rings": list(DEFAULT_RINGS),
-            "default_ring": "stable",
-            "opt_in_ring": "early-adopter",
-            "opt_out_ring": "laggard",
+            "defaultRing": "stable",
+            "optInRing": "early-adopter",
+            "optOutRing": "laggard",
             "rules": [
                 {
                     "name": "staff",

@@ -36,8 +36,8 @@ def test_first_matching_rule_decides_in_the_documented_order() -> None:
         {
             "name": "web",
             "pins": {"laggard": ["acme"]},
-            "opt_in_ring": "early-adopter",
-            "opt_out_ring": "laggard",
+            "optInRing": "early-adopter",
+            "optOutRing": "laggard",
             "rules": [
                 {"name": "staff", "ring": "canary", "when": {"attribute": "team", "op": "equals", "value": "staff"}},
                 {"name": "eu", "ring": "stable", "when": {"attribute": "region", "op": "starts_with", "value": "eu-"}},
@@ -168,7 +168,7 @@ def test_usage_rules_use_the_materialized_keys() -> None:
 
 def test_materialization_past_the_limit_fails_and_names_the_largest_list() -> None:
     spec = parse_cohort_set(
-        {"name": "web", "rules": [{"name": "active", "ring": "stable", "when": {"seen_within": "7d"}}]}
+        {"name": "web", "rules": [{"name": "active", "ring": "stable", "when": {"seenWithin": "7d"}}]}
     )
     many = frozenset(f"k{number}" for number in range(101))
     with pytest.raises(MaterializationLimitExceeded) as raised:

@@ -22,10 +22,10 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 EVERY_OPERATOR: dict[str, Any] = {
     "name": "every-op",
     "rings": ["canary", "early-adopter", "stable", "laggard"],
-    "default_ring": "stable",
+    "defaultRing": "stable",
     "pins": {"canary": ["pin-c1", "pin-c2"], "laggard": ["pin-l1"]},
-    "opt_in_ring": "early-adopter",
-    "opt_out_ring": "laggard",
+    "optInRing": "early-adopter",
+    "optOutRing": "laggard",
     "rules": [
         {"name": "staff", "ring": "canary", "when": {"attribute": "team", "op": "equals", "value": "staff"}},
         {"name": "tier-one", "ring": "canary", "when": {"attribute": "tier", "op": "equals", "value": 1}},
@@ -75,7 +75,7 @@ EVERY_OPERATOR: dict[str, Any] = {
             "when": {
                 "all": [
                     {"metric": "active_days_30d", "op": "gte", "value": 20},
-                    {"seen_within": "7d"},
+                    {"seenWithin": "7d"},
                 ]
             },
         },
@@ -221,7 +221,7 @@ def cohort_sets(draw: st.DrawFn) -> CohortSetSpec:
     cut_low = draw(st.integers(0, 10000))
     cut_high = draw(st.integers(cut_low, 10000))
     shares = {"r0": cut_low / 100, "r1": (cut_high - cut_low) / 100, "r2": (10000 - cut_high) / 100}
-    split: dict[str, Any] = {"shares": shares, "bucket_by": draw(st.sampled_from(["targetingKey", "a", "c.d"]))}
+    split: dict[str, Any] = {"shares": shares, "bucketBy": draw(st.sampled_from(["targetingKey", "a", "c.d"]))}
     if shares["r0"] > 0 and draw(st.booleans()):
         split["rotation"] = {"period": "1d", "rings": ["r0"]}
     return parse_cohort_set(

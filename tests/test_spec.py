@@ -38,14 +38,14 @@ def test_unknown_rings_are_named_with_their_field() -> None:
         {
             "name": "web",
             "rings": ["canary", "stable"],
-            "default_ring": "laggard",
-            "opt_in_ring": "beta",
+            "defaultRing": "laggard",
+            "optInRing": "beta",
             "pins": {"gold": ["acme"]},
             "rules": [{"name": "eu", "ring": "europe", "when": {"attribute": "region", "op": "equals", "value": "eu"}}],
             "split": {"shares": {"canary": 10, "stable": 80, "insiders": 10}},
         }
     )
-    assert set(problems) == {"default_ring", "opt_in_ring", "pins.gold", "rules[0].ring", "split.shares.insiders"}
+    assert set(problems) == {"defaultRing", "optInRing", "pins.gold", "rules[0].ring", "split.shares.insiders"}
     assert "add it to rings" in problems["rules[0].ring"]
 
 
@@ -95,7 +95,7 @@ def test_duplicate_rings_and_rule_names_are_refused() -> None:
         ({"attribute": "version", "op": "sem_ver", "value": ">=two"}, "not a semantic version"),
         ({"attribute": "email", "op": "ends_with", "value": ""}, "non-empty string"),
         ({"attribute": "bad name", "op": "equals", "value": "x"}, "should match pattern"),
-        ({"seen_within": "a week"}, "not a duration"),
+        ({"seenWithin": "a week"}, "not a duration"),
         ({"metric": "active_days_30d", "op": "gte", "value": True}, "not true/false"),
         ({"team": "staff"}, "a condition is one of"),
     ],
@@ -119,7 +119,7 @@ def test_nested_conditions_parse() -> None:
                         "all": [
                             {"attribute": "region", "op": "in", "value": ["eu-west", "eu-north"]},
                             {"not": {"attribute": "plan", "op": "equals", "value": "free"}},
-                            {"any": [{"metric": "active_days_30d", "op": "gte", "value": 20}, {"seen_within": "7d"}]},
+                            {"any": [{"metric": "active_days_30d", "op": "gte", "value": 20}, {"seenWithin": "7d"}]},
                         ]
                     },
                 }

@@ -1,0 +1,37 @@
+# Two entry points for a fresh Debian machine: `make demo` runs the main job, `make test` the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit venv bench clean
+
+$(INSTALLED): pyproject.toml flagd-provider/pyproject.toml
+	scripts/ensure-python-venv "$(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]' -e ./flagd-provider
+	touch $@
+
+venv: $(INSTALLED)
+
+demo: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo
+
+test: venv lint typecheck unit
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	scripts/ensure-postgres
+	$(BIN)/pytest -n 2 --dist loadfile
+
+bench: venv
+	$(BIN)/python -m bench.assign
+
+clean:
+	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The HTTP API of `ringmaster serve` (FastAPI): one module per group of routes."""

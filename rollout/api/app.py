@@ -1,0 +1,101 @@
+"""The FastAPI application behind `ringmaster serve`: routes, problem handlers, health and metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import text
+
+from cohorts.db import current_revision, head_revision, make_engine
+from cohorts.store import CohortStore
+from rollout.api import cohorts
+from rollout.api.problems import install_problem_handlers, problem
+from rollout.settings import ServiceSettings
+
+
+class ServiceMetrics:
+    """The service's own registry, so several apps (as in tests) never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ringmaster_http_requests", "HTTP requests served", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "ringmaster_http_request_duration_seconds", "Time to serve an HTTP request", ["method", "route"],
+            registry=self.registry,
+        )
+        self.assignments = Counter(
+            "ringmaster_assignments", "Users placed in a ring through the explain API", ["cohort_set", "ring"],
+            registry=self.registry,
+        )
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    chosen = settings or ServiceSettings.from_environment()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(chosen.database_url)
+        app.state.engine = engine
+        app.state.store = CohortStore(engine)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Ringmaster",
+        version="0.1.0",
+        summary="Release rings by user cohort: cohort sets, assignment, flagd compilation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = chosen
+    app.state.metrics = ServiceMetrics()
+    install_problem_handlers(app)
+    app.include_router(cohorts.router)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        # The route template, not the raw path, so label values stay few.
+        template = getattr(route, "path", "unmatched")
+        metrics: ServiceMetrics = request.app.state.metrics
+        metrics.requests.labels(request.method, template, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up and serving."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "the database is unreachable or behind"}})
+    def readyz(request: Request) -> Response:
+        """The database answers and its schema is at the revision this build expects."""
+        try:
+            with request.app.state.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            revision = current_revision(request.app.state.engine)
+        except Exception as error:  # any failure to reach the database means not ready
+            return problem(503, "not-ready", "The database is unreachable", f"{type(error).__name__}: {error}")
+        head = head_revision()
+        if revision != head:
+            return problem(
+                503, "not-ready", "The database schema is behind",
+                f"the database is at revision {revision}, this build needs {head}; run `ringmaster db upgrade`",
+            )
+        return JSONResponse({"status": "ready", "schemaRevision": revision})
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,363 @@
+"""HTTP routes for cohort sets: versions, opt-in/out, usage ingest, explain, estimate, flagd document."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from cohorts.assign import CompiledCohortSet, assign
+from cohorts.flagd import flagd_document
+from cohorts.rotation import epoch_at
+from cohorts.spec import CohortSetSpec, check_cohort_set
+from cohorts.store import AuditRecord, CohortStore, StoredCohortSet
+from cohorts.usage import UsageBatch
+from rollout.api.problems import ApiProblem
+
+router = APIRouter(prefix="/api/v1", tags=["cohorts"])
+
+ActorHeader = Annotated[
+    str,
+    Header(
+        alias="X-Ringmaster-Actor",
+        max_length=200,
+        description="who makes the change, kept in the audit log (authentication comes with the security work)",
+    ),
+]
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class CohortSetView(_View):
+    name: str
+    version: int
+    created_at: datetime
+    created_by: str
+    comment: str | None
+    spec: dict[str, Any]
+
+
+class CohortSetList(_View):
+    items: list[CohortSetView]
+
+
+class OptChoice(_View):
+    choice: Literal["in", "out"]
+
+
+class OptList(_View):
+    opted_in: list[str] = Field(alias="in")
+    opted_out: list[str] = Field(alias="out")
+
+
+class IngestResult(_View):
+    stored: int
+
+
+class Explanation(_View):
+    ring: str
+    reason: str
+    kind: str
+    rule: str | None
+    cohort_set: str
+    version: int
+    epoch: int
+
+
+class RingShare(_View):
+    ring: str
+    count: int
+    share: float
+    cumulative_share: float
+
+
+class Estimate(_View):
+    cohort_set: str
+    version: int
+    epoch: int
+    source: Literal["usage", "keys", "configured"]
+    population: int
+    rings: list[RingShare]
+
+
+class AuditView(_View):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    before: Any
+    after: Any
+
+
+class AuditList(_View):
+    items: list[AuditView]
+
+
+def _store(request: Request) -> CohortStore:
+    store: CohortStore = request.app.state.store
+    return store
+
+
+def _view(stored: StoredCohortSet) -> CohortSetView:
+    return CohortSetView(
+        name=stored.name, version=stored.version, created_at=stored.created_at,
+        created_by=stored.created_by, comment=stored.comment, spec=stored.spec.to_document(),
+    )
+
+
+def _versioned(stored: StoredCohortSet, status_code: int = 200, location: str | None = None) -> JSONResponse:
+    headers = {"ETag": f'"{stored.version}"'}
+    if location:
+        headers["Location"] = location
+    return JSONResponse(_view(stored).model_dump(mode="json", by_alias=True), status_code=status_code, headers=headers)
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise ApiProblem(
+            400, "invalid-request", "The request is not valid",
+            f"If-Match: {if_match!r} is not a cohort set version; send the ETag of a GET, e.g. '\"3\"'",
+            [{"in": "header", "field": "If-Match", "message": "expected a version such as \"3\""}],
+        )
+    return int(text)
+
+
+@router.get("/cohort-sets", response_model=CohortSetList, response_model_by_alias=True)
+def list_cohort_sets(request: Request) -> CohortSetList:
+    return CohortSetList(items=[_view(stored) for stored in _store(request).list_sets()])
+
+
+@router.post("/cohort-sets", status_code=status.HTTP_201_CREATED, response_model=CohortSetView,
+             responses={409: {"description": "a cohort set of that name exists"}})
+def create_cohort_set(
+    request: Request,
+    spec: CohortSetSpec,
+    actor: ActorHeader = "anonymous",
+    comment: Annotated[str | None, Query(max_length=500)] = None,
+) -> JSONResponse:
+    stored = _store(request).create_set(check_cohort_set(spec), actor, comment)
+    return _versioned(stored, 201, f"/api/v1/cohort-sets/{stored.name}")
+
+
+@router.get("/cohort-sets/{name}", response_model=CohortSetView)
+def get_cohort_set(
+    request: Request, name: str, version: Annotated[int | None, Query(ge=1)] = None
+) -> JSONResponse:
+    return _versioned(_store(request).get_set(name, version))
+
+
+@router.put("/cohort-sets/{name}", response_model=CohortSetView,
+            responses={412: {"description": "If-Match names a version that is no longer current"}})
+def update_cohort_set(
+    request: Request,
+    name: str,
+    spec: CohortSetSpec,
+    actor: ActorHeader = "anonymous",
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+    comment: Annotated[str | None, Query(max_length=500)] = None,
+) -> JSONResponse:
+    if spec.name != name:
+        raise ApiProblem(
+            422, "invalid-request", "The request is not valid",
+            f"name: the body names {spec.name!r} but the URL names {name!r}; make them the same",
+            [{"in": "body", "field": "name", "message": f"must be {name!r}, as in the URL"}],
+        )
+    stored = _store(request).update_set(check_cohort_set(spec), actor, comment, _expected_version(if_match))
+    return _versioned(stored)
+
+
+@router.get("/cohort-sets/{name}/versions", response_model=CohortSetList)
+def list_versions(request: Request, name: str) -> CohortSetList:
+    return CohortSetList(items=[_view(stored) for stored in _store(request).list_versions(name)])
+
+
+@router.get("/cohort-sets/{name}/opt", response_model=OptList, response_model_by_alias=True)
+def list_opt_choices(request: Request, name: str) -> OptList:
+    choices = _store(request).opt_choices(name)
+    return OptList(
+        opted_in=sorted(key for key, choice in choices.items() if choice == "in"),
+        opted_out=sorted(key for key, choice in choices.items() if choice == "out"),
+    )
+
+
+@router.put("/cohort-sets/{name}/opt/{targeting_key}", response_model=OptChoice)
+def set_opt_choice(
+    request: Request, name: str, targeting_key: str, choice: OptChoice, actor: ActorHeader = "anonymous"
+) -> OptChoice:
+    store = _store(request)
+    spec = store.get_set(name).spec
+    ring = spec.opt_in_ring if choice.choice == "in" else spec.opt_out_ring
+    if ring is None:
+        field = "optInRing" if choice.choice == "in" else "optOutRing"
+        raise ApiProblem(
+            409, "opt-not-offered", "This cohort set does not take that choice",
+            f"cohort set {name!r} has no {field}, so opting {choice.choice} would change nothing; "
+            f"set {field} in the cohort set first",
+        )
+    store.set_opt(name, targeting_key, choice.choice, actor)
+    return choice
+
+
+@router.delete("/cohort-sets/{name}/opt/{targeting_key}", status_code=204)
+def clear_opt_choice(request: Request, name: str, targeting_key: str, actor: ActorHeader = "anonymous") -> Response:
+    if not _store(request).clear_opt(name, targeting_key, actor):
+        raise ApiProblem(404, "not-found", "No choice to clear",
+                         f"{targeting_key!r} has not opted in or out of cohort set {name!r}")
+    return Response(status_code=204)
+
+
+@router.post("/usage", response_model=IngestResult, tags=["usage"])
+def ingest_usage(
+    request: Request,
+    batch: Annotated[UsageBatch, Body(description="per-user aggregates; up to 10,000 rows, upserted")],
+    actor: ActorHeader = "anonymous",
+) -> IngestResult:
+    return IngestResult(stored=_store(request).ingest_usage(batch, actor))
+
+
+def _compiled(request: Request, name: str, version: int | None) -> CompiledCohortSet:
+    settings = request.app.state.settings
+    return _store(request).compile(name, now=datetime.now(UTC), version=version,
+                                   max_keys=settings.max_materialized_keys)
+
+
+def _epoch(compiled_spec: CohortSetSpec, epoch: int | None) -> int:
+    if epoch is not None:
+        return epoch
+    rotation = compiled_spec.split.rotation if compiled_spec.split else None
+    return epoch_at(rotation, datetime.now(UTC))
+
+
+def _attributes(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        attributes = json.loads(raw)
+    except json.JSONDecodeError as error:
+        attributes = error
+    if not isinstance(attributes, dict):
+        raise ApiProblem(
+            422, "invalid-request", "The request is not valid",
+            'attributes: expected a URL-encoded JSON object such as {"team": "staff"}',
+            [{"in": "query", "field": "attributes", "message": "expected a JSON object"}],
+        )
+    return attributes
+
+
+EpochQuery = Annotated[int | None, Query(ge=0, description="rotation epoch; defaults to the current one")]
+VersionQuery = Annotated[int | None, Query(ge=1, description="cohort set version; defaults to the current one")]
+
+
+@router.get("/cohort-sets/{name}/explain", response_model=Explanation, response_model_by_alias=True)
+def explain(
+    request: Request,
+    name: str,
+    targeting_key: Annotated[str | None, Query(alias="targetingKey", max_length=256)] = None,
+    attributes: Annotated[str | None, Query(description='URL-encoded JSON object, e.g. {"team":"staff"}')] = None,
+    epoch: EpochQuery = None,
+    version: VersionQuery = None,
+) -> Explanation:
+    context = _attributes(attributes)
+    if targeting_key is not None:
+        context["targetingKey"] = targeting_key
+    stored = _store(request).get_set(name, version)
+    compiled = _compiled(request, name, stored.version)
+    chosen_epoch = _epoch(stored.spec, epoch)
+    assignment = assign(compiled, context, chosen_epoch)
+    request.app.state.metrics.assignments.labels(cohort_set=name, ring=assignment.ring).inc()
+    return Explanation(
+        ring=assignment.ring, reason=assignment.reason, kind=assignment.kind, rule=assignment.rule,
+        cohort_set=name, version=compiled.version, epoch=chosen_epoch,
+    )
+
+
+def _shares(rings: Iterable[str], counts: Counter[str], population: int) -> list[RingShare]:
+    shares = []
+    cumulative = 0
+    for ring in rings:
+        cumulative += counts[ring]
+        shares.append(RingShare(
+            ring=ring, count=counts[ring],
+            share=counts[ring] / population if population else 0.0,
+            cumulative_share=cumulative / population if population else 0.0,
+        ))
+    return shares
+
+
+@router.get("/cohort-sets/{name}/estimate", response_model=Estimate, response_model_by_alias=True)
+def estimate(
+    request: Request,
+    name: str,
+    keys: Annotated[list[str] | None, Query(max_length=10_000, description="estimate over these keys instead")] = None,
+    epoch: EpochQuery = None,
+    version: VersionQuery = None,
+) -> Estimate:
+    """Each ring's share of the stored usage population, of the keys given, or else of the split."""
+    store = _store(request)
+    stored = store.get_set(name, version)
+    compiled = _compiled(request, name, stored.version)
+    chosen_epoch = _epoch(stored.spec, epoch)
+    contexts: Iterable[dict[str, Any]] = (
+        ({"targetingKey": key} for key in keys) if keys else store.usage_population()
+    )
+    counts = Counter(assign(compiled, context, chosen_epoch).ring for context in contexts)
+    population = sum(counts.values())
+    source: Literal["usage", "keys", "configured"] = "keys" if keys else "usage"
+    rings = _shares(compiled.rings, counts, population)
+    if population == 0 and stored.spec.split is not None:
+        # No one to count yet: fall back on what the split is configured to give.
+        source = "configured"
+        cumulative = 0.0
+        rings = []
+        for ring in compiled.rings:
+            share = stored.spec.split.shares.get(ring, 0.0) / 100
+            cumulative += share
+            rings.append(RingShare(ring=ring, count=0, share=share, cumulative_share=round(cumulative, 6)))
+    return Estimate(cohort_set=name, version=compiled.version, epoch=chosen_epoch, source=source,
+                    population=population, rings=rings)
+
+
+@router.get("/cohort-sets/{name}/flagd", responses={200: {"description": "a flagd flag-definition document"},
+                                                     304: {"description": "unchanged since If-None-Match"}})
+def flagd(
+    request: Request,
+    name: str,
+    epoch: EpochQuery = None,
+    version: VersionQuery = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    stored = _store(request).get_set(name, version)
+    compiled = _compiled(request, name, stored.version)
+    document = flagd_document(compiled, _epoch(stored.spec, epoch))
+    etag = '"' + hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:32] + '"'
+    if if_none_match is not None and etag in [tag.strip() for tag in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    return JSONResponse(document, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+@router.get("/audit", response_model=AuditList, response_model_by_alias=True, tags=["audit"])
+def audit_log(
+    request: Request,
+    subject: Annotated[str | None, Query(description="e.g. cohort-set/default or usage")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditList:
+    records: list[AuditRecord] = _store(request).audit_log(subject, limit)
+    return AuditList(items=[
+        AuditView(id=record.id, at=record.at, actor=record.actor, action=record.action, subject=record.subject,
+                  before=record.before, after=record.after)
+        for record in records
+    ])

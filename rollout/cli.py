@@ -1,0 +1,287 @@
+"""The `ringmaster` command: serve the API, migrate the database, and work with cohort sets.
+
+Commands that read or change cohorts talk to a running `ringmaster serve` over its public API
+(`--server`, or RINGMASTER_SERVER), the way kubectl talks to an API server; `serve` and `db` work
+on the database directly.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from cohorts.db import current_revision, database_url, downgrade, head_revision, make_engine, upgrade
+from rollout.client import ClientError, RingmasterClient
+from rollout.settings import ServiceSettings, SettingsError
+
+app = typer.Typer(help="Ringmaster: release rings by user cohort.", no_args_is_help=True)
+db_app = typer.Typer(help="Migrate the database (RINGMASTER_DATABASE_URL, default SQLite in RINGMASTER_DATA_DIR).",
+                     no_args_is_help=True)
+cohort_app = typer.Typer(help="Cohort sets: rings, rules and who is in which ring.", no_args_is_help=True)
+usage_app = typer.Typer(help="Per-user usage history that usage rules select on.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(cohort_app, name="cohort")
+app.add_typer(usage_app, name="usage")
+
+console = Console()
+errors = Console(stderr=True)
+
+ServerOption = Annotated[str | None, typer.Option("--server", help="API address; default $RINGMASTER_SERVER "
+                                                                  "or http://127.0.0.1:8080")]
+SetOption = Annotated[str, typer.Option("--set", "-s", help="cohort set name")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+USAGE_BATCH_ROWS = 10_000
+
+
+def fail(message: str) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+@contextmanager
+def client(server: str | None) -> Iterator[RingmasterClient]:
+    connection = RingmasterClient(server, actor=f"{getpass.getuser()} (cli)")
+    try:
+        yield connection
+    except ClientError as error:
+        for item in (error.problem or {}).get("errors", []):
+            errors.print(f"  {item.get('field')}: {item.get('message')}", highlight=False)
+        raise fail(str(error)) from error
+    finally:
+        connection.close()
+
+
+def parse_attributes(pairs: list[str]) -> dict[str, Any]:
+    """`k=v` gives the string v; `k:=json` gives a typed value (`seats:=40`, `beta:=true`)."""
+    attributes: dict[str, Any] = {}
+    for pair in pairs:
+        name, equals, raw = pair.partition("=")
+        if not equals:
+            raise fail(f"--attr {pair}: write name=value (a string) or name:=json (a number, true, ...)")
+        if name.endswith(":"):
+            name = name[:-1]
+            try:
+                attributes[name] = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise fail(f"--attr {pair}: {raw!r} is not JSON; write e.g. seats:=40 or beta:=true") from error
+        else:
+            attributes[name] = raw
+        if not name:
+            raise fail(f"--attr {pair}: the attribute name is empty")
+    return attributes
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+) -> None:
+    """Serve the HTTP API (cohort sets, explain, estimate, flagd documents, /metrics)."""
+    from rollout.api.app import create_app
+
+    try:
+        settings = ServiceSettings.from_environment()
+    except SettingsError as error:
+        raise fail(str(error)) from error
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Bring the database schema up to a revision (default: the newest)."""
+    url = database_url()
+    upgrade(url, revision)
+    engine = make_engine(url)
+    try:
+        console.print(f"database {engine.url.render_as_string(hide_password=True)} is at revision "
+                      f"{current_revision(engine)}", highlight=False)
+    finally:
+        engine.dispose()
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. base")]) -> None:
+    """Take the database schema back to a revision ('base' removes every table)."""
+    downgrade(database_url(), revision)
+    console.print(f"database downgraded to {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision beside the one this build needs."""
+    engine = make_engine(database_url())
+    try:
+        console.print(f"current: {current_revision(engine)}  head: {head_revision()}")
+    finally:
+        engine.dispose()
+
+
+@cohort_app.command("list")
+def cohort_list(server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """List cohort sets with their current version."""
+    with client(server) as api:
+        items = api.list_sets()
+    if as_json:
+        emit_json(items)
+        return
+    table = Table("name", "version", "rings", "changed", "by")
+    for item in items:
+        table.add_row(item["name"], str(item["version"]), " → ".join(item["spec"]["rings"]),
+                      item["createdAt"][:16].replace("T", " "), item["createdBy"])
+    console.print(table)
+
+
+@cohort_app.command("get")
+def cohort_get(name: str, version: Annotated[int | None, typer.Option(help="an older version")] = None,
+               server: ServerOption = None) -> None:
+    """Print a cohort set (its spec and version) as JSON."""
+    with client(server) as api:
+        emit_json(api.get_set(name, version))
+
+
+@cohort_app.command("apply")
+def cohort_apply(
+    file: Annotated[Path, typer.Option("--file", "-f", exists=True, dir_okay=False, help="a cohort set as JSON")],
+    comment: Annotated[str | None, typer.Option(help="why, kept with the version")] = None,
+    server: ServerOption = None,
+) -> None:
+    """Create a cohort set from a file, or make a new version of it."""
+    try:
+        spec = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise fail(f"{file}: not JSON ({error})") from error
+    with client(server) as api:
+        stored = api.apply_set(spec, comment)
+    console.print(f"cohort set {stored['name']} is at version {stored['version']}", highlight=False)
+
+
+@cohort_app.command("explain")
+def cohort_explain(
+    key: Annotated[str, typer.Argument(help="the user's targeting key")],
+    attr: Annotated[list[str] | None, typer.Option("--attr", "-a", help="context attribute: k=v or k:=json")] = None,
+    cohort_set: SetOption = "default",
+    epoch: Annotated[int | None, typer.Option(help="rotation epoch (default: current)")] = None,
+    server: ServerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show which ring a user is in and which rule put them there."""
+    attributes = parse_attributes(attr or [])
+    with client(server) as api:
+        explanation = api.explain(cohort_set, key, attributes, epoch)
+    if as_json:
+        emit_json(explanation)
+        return
+    console.print(f"[bold]{key}[/bold] → [bold cyan]{explanation['ring']}[/bold cyan]  ({explanation['reason']})",
+                  highlight=False, soft_wrap=True)
+
+
+@cohort_app.command("estimate")
+def cohort_estimate(
+    cohort_set: SetOption = "default",
+    key: Annotated[list[str] | None, typer.Option("--key", help="estimate over these keys instead")] = None,
+    server: ServerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Each ring's share of the stored usage population (what the controller sizes capacity from)."""
+    with client(server) as api:
+        estimate = api.estimate(cohort_set, key)
+    if as_json:
+        emit_json(estimate)
+        return
+    table = Table("ring", "users", "share", "cumulative",
+                  title=f"{cohort_set} v{estimate['version']}, epoch {estimate['epoch']}, "
+                        f"from {estimate['source']} ({estimate['population']:,} users)")
+    for ring in estimate["rings"]:
+        table.add_row(ring["ring"], f"{ring['count']:,}", f"{ring['share']:.1%}", f"{ring['cumulativeShare']:.1%}")
+    console.print(table)
+
+
+@cohort_app.command("flagd")
+def cohort_flagd(cohort_set: SetOption = "default",
+                 epoch: Annotated[int | None, typer.Option(help="rotation epoch (default: current)")] = None,
+                 server: ServerOption = None) -> None:
+    """Print the cohort set compiled to a flagd flag-definition document."""
+    with client(server) as api:
+        emit_json(api.flagd(cohort_set, epoch))
+
+
+@cohort_app.command("opt-in")
+def cohort_opt_in(key: str, cohort_set: SetOption = "default", server: ServerOption = None) -> None:
+    """Opt a user into the set's opt-in ring (early-adopter in the default set)."""
+    with client(server) as api:
+        api.set_opt(cohort_set, key, "in")
+    console.print(f"{key} opted in to cohort set {cohort_set}", highlight=False)
+
+
+@cohort_app.command("opt-out")
+def cohort_opt_out(key: str, cohort_set: SetOption = "default", server: ServerOption = None) -> None:
+    """Opt a user out into the set's opt-out ring (laggard in the default set)."""
+    with client(server) as api:
+        api.set_opt(cohort_set, key, "out")
+    console.print(f"{key} opted out of cohort set {cohort_set}", highlight=False)
+
+
+@cohort_app.command("opt-clear")
+def cohort_opt_clear(key: str, cohort_set: SetOption = "default", server: ServerOption = None) -> None:
+    """Forget a user's opt-in or opt-out."""
+    with client(server) as api:
+        api.clear_opt(cohort_set, key)
+    console.print(f"{key}'s choice in cohort set {cohort_set} is cleared", highlight=False)
+
+
+@cohort_app.command("audit")
+def cohort_audit(
+    subject: Annotated[str | None, typer.Option(help="e.g. cohort-set/default")] = None,
+    limit: int = 20,
+    server: ServerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the newest audit records: who changed what, and when."""
+    with client(server) as api:
+        records = api.audit(subject, limit)
+    if as_json:
+        emit_json(records)
+        return
+    table = Table("at", "actor", "action", "subject")
+    for record in records:
+        table.add_row(record["at"], record["actor"], record["action"], record["subject"])
+    console.print(table)
+
+
+@usage_app.command("ingest")
+def usage_ingest(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="JSON lines, one row per user: {targetingKey, metrics, lastSeenAt}")],
+    server: ServerOption = None,
+) -> None:
+    """Upsert per-user usage aggregates, 10,000 rows a request."""
+    rows: list[dict[str, Any]] = []
+    stored = 0
+    with client(server) as api, file.open() as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise fail(f"{file}:{number}: not JSON ({error})") from error
+            if len(rows) == USAGE_BATCH_ROWS:
+                stored += api.ingest_usage(rows)
+                rows = []
+        if rows:
+            stored += api.ingest_usage(rows)
+    console.print(f"stored usage of {stored:,} users")

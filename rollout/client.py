@@ -1,0 +1,116 @@
+"""A small HTTP client of the Ringmaster API, used by the CLI; it speaks only the public API."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import httpx
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+class ClientError(Exception):
+    """The server refused a request (its problem document is kept) or could not be reached."""
+
+    def __init__(self, message: str, problem: dict[str, Any] | None = None) -> None:
+        self.problem = problem
+        super().__init__(message)
+
+
+def server_url() -> str:
+    return os.environ.get("RINGMASTER_SERVER", DEFAULT_SERVER)
+
+
+class RingmasterClient:
+    def __init__(self, base_url: str | None = None, actor: str | None = None, timeout_s: float = 30.0) -> None:
+        self.base_url = (base_url or server_url()).rstrip("/")
+        headers = {"X-Ringmaster-Actor": actor} if actor else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **options: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **options)
+        except httpx.TransportError as error:
+            raise ClientError(
+                f"cannot reach Ringmaster at {self.base_url} ({error}); start it with `ringmaster serve` "
+                "or point RINGMASTER_SERVER / --server at it"
+            ) from error
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except json.JSONDecodeError:
+                problem = {"detail": response.text}
+            detail = problem.get("detail") or problem.get("title") or response.reason_phrase
+            raise ClientError(f"{response.status_code} {detail}", problem)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def list_sets(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/cohort-sets")["items"]
+        return items
+
+    def get_set(self, name: str, version: int | None = None) -> dict[str, Any]:
+        params = {"version": version} if version else {}
+        result: dict[str, Any] = self.request("GET", f"/api/v1/cohort-sets/{name}", params=params)
+        return result
+
+    def apply_set(self, spec: dict[str, Any], comment: str | None = None) -> dict[str, Any]:
+        """Create the cohort set, or make a new version of it when it exists."""
+        name = spec.get("name")
+        params = {"comment": comment} if comment else {}
+        try:
+            current = self.get_set(str(name))
+        except ClientError as error:
+            if not error.problem or error.problem.get("status") != 404:
+                raise
+            created: dict[str, Any] = self.request("POST", "/api/v1/cohort-sets", json=spec, params=params)
+            return created
+        updated: dict[str, Any] = self.request(
+            "PUT", f"/api/v1/cohort-sets/{name}", json=spec, params=params,
+            headers={"If-Match": f'"{current["version"]}"'},
+        )
+        return updated
+
+    def explain(self, name: str, targeting_key: str, attributes: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"targetingKey": targeting_key}
+        if attributes:
+            params["attributes"] = json.dumps(attributes)
+        if epoch is not None:
+            params["epoch"] = epoch
+        result: dict[str, Any] = self.request("GET", f"/api/v1/cohort-sets/{name}/explain", params=params)
+        return result
+
+    def estimate(self, name: str, keys: list[str] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "GET", f"/api/v1/cohort-sets/{name}/estimate", params={"keys": keys} if keys else {}
+        )
+        return result
+
+    def flagd(self, name: str, epoch: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "GET", f"/api/v1/cohort-sets/{name}/flagd", params={"epoch": epoch} if epoch is not None else {}
+        )
+        return result
+
+    def set_opt(self, name: str, targeting_key: str, choice: str) -> None:
+        self.request("PUT", f"/api/v1/cohort-sets/{name}/opt/{targeting_key}", json={"choice": choice})
+
+    def clear_opt(self, name: str, targeting_key: str) -> None:
+        self.request("DELETE", f"/api/v1/cohort-sets/{name}/opt/{targeting_key}")
+
+    def ingest_usage(self, rows: list[dict[str, Any]]) -> int:
+        stored: int = self.request("POST", "/api/v1/usage", json={"rows": rows})["stored"]
+        return stored
+
+    def audit(self, subject: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if subject:
+            params["subject"] = subject
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/audit", params=params)["items"]
+        return items

@@ -1,0 +1,135 @@
+"""The `ringmaster` command against a real `ringmaster serve` process over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+RINGMASTER = [sys.executable, "-m", "rollout"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def run(environment: dict[str, str], *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    completed = subprocess.run([*RINGMASTER, *arguments], env=environment, capture_output=True, text=True,
+                               timeout=60, cwd=REPOSITORY)
+    if check and completed.returncode != 0:
+        raise AssertionError(f"ringmaster {' '.join(arguments)} failed:\n{completed.stdout}\n{completed.stderr}")
+    return completed
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A migrated SQLite database and `ringmaster serve` on a free port; yields the CLI's environment."""
+    data_dir = tmp_path_factory.mktemp("ringmaster-data")
+    port = free_port()
+    environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
+                   "RINGMASTER_SERVER": f"http://127.0.0.1:{port}"}
+    environment.pop("RINGMASTER_DATABASE_URL", None)
+    assert "0001_cohorts" in run(environment, "db", "upgrade").stdout
+    log = (data_dir / "serve.log").open("w")
+    process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port)], env=environment, stdout=log,
+                               stderr=subprocess.STDOUT, cwd=REPOSITORY)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, (data_dir / "serve.log").read_text()
+        assert time.monotonic() < deadline, "ringmaster serve did not become ready in 30 s"
+        time.sleep(0.1)
+    environment["SERVE_PID"] = str(process.pid)
+    yield environment
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def test_explain_prints_the_ring_and_the_rule(server: dict[str, str]) -> None:
+    output = run(server, "cohort", "explain", "ana", "--attr", "team=staff").stdout
+    assert output.strip() == "ana → canary  (rule 'staff' matched)"
+
+
+def test_typed_attributes_and_json_output(server: dict[str, str]) -> None:
+    run(server, "cohort", "apply", "-f", str(REPOSITORY / "examples" / "cohort-sets" / "web.json"))
+    explained = json.loads(run(server, "cohort", "explain", "oscar", "--set", "web",
+                               "--attr", "appVersion=1.9.4", "--json").stdout)
+    assert (explained["ring"], explained["rule"]) == ("laggard", "old-apps")
+    typed = json.loads(run(server, "cohort", "explain", "ivy", "--set", "web",
+                           "--attr", "appVersion:=1.5", "--json").stdout)
+    assert typed["rule"] == "old-apps"  # the number 1.5 reads as version 1.5.0
+
+
+def test_apply_twice_makes_a_second_version(server: dict[str, str]) -> None:
+    spec = json.loads((REPOSITORY / "examples" / "cohort-sets" / "web.json").read_text())
+    spec["name"] = "web-twice"
+    path = Path(server["RINGMASTER_DATA_DIR"]) / "web-twice.json"
+    path.write_text(json.dumps(spec))
+    assert "version 1" in run(server, "cohort", "apply", "-f", str(path)).stdout
+    assert "version 2" in run(server, "cohort", "apply", "-f", str(path), "--comment", "again").stdout
+    assert json.loads(run(server, "cohort", "get", "web-twice").stdout)["comment"] == "again"
+
+
+def test_opt_in_then_explain_and_audit(server: dict[str, str]) -> None:
+    run(server, "cohort", "opt-in", "olga")
+    assert "opt-in" in run(server, "cohort", "explain", "olga").stdout
+    audit = json.loads(run(server, "cohort", "audit", "--subject", "cohort-set/default", "--json").stdout)
+    assert audit[0]["action"] == "cohort-set.set-opt" and audit[0]["actor"].endswith("(cli)")
+
+
+def test_usage_ingest_reads_json_lines(server: dict[str, str]) -> None:
+    path = Path(server["RINGMASTER_DATA_DIR"]) / "usage.jsonl"
+    path.write_text("\n".join(json.dumps({"targetingKey": f"u{number}", "metrics": {"active_days_30d": number}})
+                              for number in range(30)) + "\n")
+    assert "30 users" in run(server, "usage", "ingest", str(path)).stdout
+    estimate = json.loads(run(server, "cohort", "estimate", "--json").stdout)
+    assert estimate["source"] == "usage" and estimate["population"] >= 30
+
+
+def test_a_refused_spec_prints_each_field_and_exits_1(server: dict[str, str]) -> None:
+    path = Path(server["RINGMASTER_DATA_DIR"]) / "bad.json"
+    path.write_text(json.dumps({"name": "bad", "rings": ["a", "b"], "defaultRing": "c"}))
+    completed = run(server, "cohort", "apply", "-f", str(path), check=False)
+    assert completed.returncode == 1
+    assert "defaultRing: 'c' is not one of the rings" in completed.stderr
+
+
+def test_bad_attribute_syntax_is_explained(server: dict[str, str]) -> None:
+    completed = run(server, "cohort", "explain", "k", "--attr", "seats:=forty", check=False)
+    assert completed.returncode == 1 and "is not JSON" in completed.stderr
+
+
+def test_an_unreachable_server_says_how_to_reach_one(server: dict[str, str]) -> None:
+    elsewhere = {**server, "RINGMASTER_SERVER": f"http://127.0.0.1:{free_port()}"}
+    completed = run(elsewhere, "cohort", "list", check=False)
+    assert completed.returncode == 1 and "start it with `ringmaster serve`" in completed.stderr
+
+
+def test_serve_stops_cleanly_on_sigterm(server: dict[str, str]) -> None:
+    """Runs last in this module: it stops the shared server."""
+    os.kill(int(server["SERVE_PID"]), signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    log = Path(server["RINGMASTER_DATA_DIR"]) / "serve.log"
+    while "Finished server process" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    assert "Application shutdown complete" in log.read_text()
