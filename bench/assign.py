@@ -41,8 +41,10 @@ SPEC = {
             "when": {"all": [{"attribute": "location", "op": "in", "value": ["eu-west", "eu-north"]},
                              {"attribute": "env", "op": "not_equals", "value": "prod"}]},
         },
-        {"name": "old-clients", "ring": "laggard", "when": {"attribute": "app_version", "op": "sem_ver", "value": "<2.0.0"}},
-        {"name": "power-users", "ring": "early-adopter", "when": {"metric": "active_days_30d", "op": "gte", "value": 20}},
+        {"name": "old-clients", "ring": "laggard",
+         "when": {"attribute": "app_version", "op": "sem_ver", "value": "<2.0.0"}},
+        {"name": "power-users", "ring": "early-adopter",
+         "when": {"metric": "active_days_30d", "op": "gte", "value": 20}},
     ],
     "split": {
         "shares": {"canary": 5, "early-adopter": 15, "stable": 70, "laggard": 10},
@@ -108,7 +110,9 @@ def measure(title: str, spec_document: dict[str, Any], usage: frozenset[str],
     core.set_flags(document)
     flag = ring_flag_key(spec.name)
     wrapped = {
-        id(context): EvaluationContext(context["targetingKey"], {k: v for k, v in context.items() if k != "targetingKey"})
+        id(context): EvaluationContext(
+            context["targetingKey"], {name: value for name, value in context.items() if name != "targetingKey"}
+        )
         for context in population
     }
     for context in population:

@@ -95,7 +95,7 @@ class Assignment(NamedTuple):
 
 
 def _percent(placed: SplitPlacement) -> str:
-    return f"{placed.start * 100 / placed.total:.4g}–{placed.end * 100 / placed.total:.4g} %"
+    return f"{placed.start * 100 / placed.total:.4g}–{placed.end * 100 / placed.total:.4g} %"  # noqa: RUF001
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,7 @@ class AttributeCondition(_Model):
         elif op == "sem_ver":
             if not isinstance(value, str):
                 raise ValueError("'sem_ver' needs a string such as '>=2.1.0', '^2' or '~1.4'")
-            semver_operator, version = split_semver_value(value)
-            parse_version(version)
+            parse_version(split_semver_value(value)[1])
         return value
 
 

@@ -77,7 +77,9 @@ class RingmasterClient:
         )
         return updated
 
-    def explain(self, name: str, targeting_key: str, attributes: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
+    def explain(
+        self, name: str, targeting_key: str, attributes: dict[str, Any], epoch: int | None = None
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {"targetingKey": targeting_key}
         if attributes:
             params["attributes"] = json.dumps(attributes)

@@ -36,7 +36,8 @@ def web_set(**changes: Any) -> dict[str, Any]:
         "optInRing": "early-adopter",
         "optOutRing": "laggard",
         "rules": [
-            {"name": "eu", "ring": "early-adopter", "when": {"attribute": "location", "op": "in", "value": ["eu-west"]}},
+            {"name": "eu", "ring": "early-adopter",
+             "when": {"attribute": "location", "op": "in", "value": ["eu-west"]}},
             {"name": "regulars", "ring": "stable",
              "when": {"all": [{"metric": "active_days_30d", "op": "gte", "value": 20}, {"seenWithin": "7d"}]}},
         ],
@@ -102,7 +103,8 @@ def test_invalid_cohort_sets_get_a_problem_naming_the_field_and_write_nothing(ap
     assert "'europe' is not one of the rings" in body["detail"]
     bad_type = web_set(split={"shares": {"canary": "five"}})
     assert_problem(api.post("/api/v1/cohort-sets", json=bad_type), 422, "split.shares.canary")
-    bad_condition = web_set(rules=[{"name": "x", "ring": "canary", "when": {"attribute": "a", "op": "gt", "value": "x"}}])
+    bad_condition = web_set(rules=[{"name": "x", "ring": "canary",
+                                    "when": {"attribute": "a", "op": "gt", "value": "x"}}])
     body = assert_problem(api.post("/api/v1/cohort-sets", json=bad_condition), 422, "rules[0].when.value")
     assert "give a number" in body["detail"]
     assert_problem(api.post("/api/v1/cohort-sets", content=b"{not json", headers={"content-type": "application/json"}),
@@ -128,7 +130,11 @@ def test_opting_in_and_out_moves_the_user_and_is_audited(api: TestClient) -> Non
     api.post("/api/v1/cohort-sets", json=web_set())
     assert api.put("/api/v1/cohort-sets/web/opt/olga", json={"choice": "in"}).status_code == 200
     assert api.put("/api/v1/cohort-sets/web/opt/otto", json={"choice": "out"}).status_code == 200
-    explain = lambda key: api.get("/api/v1/cohort-sets/web/explain", params={"targetingKey": key}).json()  # noqa: E731
+
+    def explain(key: str) -> dict[str, Any]:
+        explained: dict[str, Any] = api.get("/api/v1/cohort-sets/web/explain", params={"targetingKey": key}).json()
+        return explained
+
     assert (explain("olga")["ring"], explain("olga")["kind"]) == ("early-adopter", "opt-in")
     assert (explain("otto")["ring"], explain("otto")["kind"]) == ("laggard", "opt-out")
     assert api.get("/api/v1/cohort-sets/web/opt").json() == {"in": ["olga"], "out": ["otto"]}
@@ -136,7 +142,10 @@ def test_opting_in_and_out_moves_the_user_and_is_audited(api: TestClient) -> Non
     assert explain("olga")["kind"] == "split"
     assert_problem(api.delete("/api/v1/cohort-sets/web/opt/olga"), 404)
     assert_problem(api.put("/api/v1/cohort-sets/web/opt/x", json={"choice": "maybe"}), 422, "choice")
-    actions = [record["action"] for record in api.get("/api/v1/audit", params={"subject": "cohort-set/web"}).json()["items"]]
+    assert_problem(api.put(f"/api/v1/cohort-sets/web/opt/{'k' * 257}", json={"choice": "in"}), 422, "targetingKey")
+    assert_problem(api.put("/api/v1/cohort-sets/web/opt/%20", json={"choice": "in"}), 422)
+    records = api.get("/api/v1/audit", params={"subject": "cohort-set/web"}).json()["items"]
+    actions = [record["action"] for record in records]
     assert actions == ["cohort-set.clear-opt", "cohort-set.set-opt", "cohort-set.set-opt", "cohort-set.create"]
 
 

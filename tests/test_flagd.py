@@ -89,7 +89,8 @@ EVERY_OPERATOR: dict[str, Any] = {
 STRINGS = ["staff", "eu-west", "eu-north", "prod", "dev", "enterprise", "gov", "free", "", "7", "50", "2.4",
            "-11", "1e3", " 12 ", "inf", "1.9.9", "v2.1.7", "2.1", "2.0.0-beta", "5", "V5.3.1", "not-a-version",
            "bot@example.com", "ann@example.com", "ann@example.org", "1", "true"]
-NUMBERS = [0, 1, 1.0, 2, 2.5, 7, 10, 10.5, 49.9, 50, 51, -10, -10.5, 5, 2.1, 1.5, 2e9]
+NUMBERS: list[int | float] = [0, 1, 1.0, 2, 2.5, 7, 10, 10.5, 49.9, 50, 51, -10, -10.5, 5, 2.1, 1.5, 2e9]
+SCALAR_POOL: list[str | int | float] = [*STRINGS, *NUMBERS]
 
 
 def random_value(chooser: random.Random) -> Any:
@@ -101,7 +102,7 @@ def random_value(chooser: random.Random) -> Any:
     if kind < 0.85:
         return chooser.choice([True, False])
     if kind < 0.92:
-        return [chooser.choice(STRINGS + NUMBERS)][: chooser.randint(0, 1)]
+        return [chooser.choice(SCALAR_POOL)][: chooser.randint(0, 1)]
     return {"version": chooser.choice(STRINGS)}
 
 
@@ -113,7 +114,8 @@ def random_context(chooser: random.Random, keys: list[str]) -> dict[str, Any]:
         if chooser.random() < 0.35:
             context[attribute] = random_value(chooser)
     if chooser.random() < 0.35:
-        context["app"] = {"version": chooser.choice(STRINGS + NUMBERS)} if chooser.random() < 0.8 else random_value(chooser)
+        nested = chooser.random() < 0.8
+        context["app"] = {"version": chooser.choice(SCALAR_POOL)} if nested else random_value(chooser)
     return context
 
 
@@ -191,7 +193,8 @@ LEAVES = st.one_of(
     st.builds(lambda attribute, value: {"attribute": attribute, "op": "not_equals", "value": value},
               st.sampled_from(ATTRIBUTES), SCALARS),
     st.builds(lambda attribute, op, values: {"attribute": attribute, "op": op, "value": values},
-              st.sampled_from(ATTRIBUTES), st.sampled_from(["in", "not_in"]), st.lists(SCALARS, min_size=1, max_size=4)),
+              st.sampled_from(ATTRIBUTES), st.sampled_from(["in", "not_in"]),
+              st.lists(SCALARS, min_size=1, max_size=4)),
     st.builds(lambda attribute, op, value: {"attribute": attribute, "op": op, "value": value},
               st.sampled_from(ATTRIBUTES), st.sampled_from(["lt", "lte", "gt", "gte"]),
               st.sampled_from(NUMBERS)),

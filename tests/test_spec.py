@@ -129,7 +129,9 @@ def test_nested_conditions_parse() -> None:
     assert parse_cohort_set(spec.to_document()) == spec
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("1h30m", 5400), ("7d", 604800), ("2w", 1209600)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("15m", 900), ("1h30m", 5400), ("7d", 604800), ("2w", 1209600)]
+)
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration_s(text) == seconds
 

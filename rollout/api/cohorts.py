@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -24,6 +24,9 @@ from rollout.api.problems import ApiProblem
 
 router = APIRouter(prefix="/api/v1", tags=["cohorts"])
 
+TargetingKeyPath = Annotated[
+    str, Path(alias="targetingKey", min_length=1, max_length=256, description="the user's targeting key")
+]
 ActorHeader = Annotated[
     str,
     Header(
@@ -194,9 +197,9 @@ def list_opt_choices(request: Request, name: str) -> OptList:
     )
 
 
-@router.put("/cohort-sets/{name}/opt/{targeting_key}", response_model=OptChoice)
+@router.put("/cohort-sets/{name}/opt/{targetingKey}", response_model=OptChoice)
 def set_opt_choice(
-    request: Request, name: str, targeting_key: str, choice: OptChoice, actor: ActorHeader = "anonymous"
+    request: Request, name: str, targeting_key: TargetingKeyPath, choice: OptChoice, actor: ActorHeader = "anonymous"
 ) -> OptChoice:
     store = _store(request)
     spec = store.get_set(name).spec
@@ -212,8 +215,10 @@ def set_opt_choice(
     return choice
 
 
-@router.delete("/cohort-sets/{name}/opt/{targeting_key}", status_code=204)
-def clear_opt_choice(request: Request, name: str, targeting_key: str, actor: ActorHeader = "anonymous") -> Response:
+@router.delete("/cohort-sets/{name}/opt/{targetingKey}", status_code=204)
+def clear_opt_choice(
+    request: Request, name: str, targeting_key: TargetingKeyPath, actor: ActorHeader = "anonymous"
+) -> Response:
     if not _store(request).clear_opt(name, targeting_key, actor):
         raise ApiProblem(404, "not-found", "No choice to clear",
                          f"{targeting_key!r} has not opted in or out of cohort set {name!r}")

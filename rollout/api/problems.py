@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cohorts.errors import (
@@ -77,6 +78,13 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors,
         )
 
+    @app.exception_handler(ValidationError)
+    async def invalid_value(request: Request, error: ValidationError) -> JSONResponse:
+        # Raised past the request schema, e.g. by the store validating a targeting key from the URL.
+        errors = _validation_errors(error.errors())
+        detail = "; ".join(f"{item['field']}: {item['message']}" for item in errors)
+        return problem(422, "invalid-request", "The request is not valid", detail, errors)
+
     @app.exception_handler(ApiProblem)
     async def api_problem(request: Request, error: ApiProblem) -> JSONResponse:
         return problem(error.status, error.kind, error.title, error.detail, error.errors)
@@ -100,4 +108,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code, "http-error")
-        return problem(error.status_code, kind, str(error.detail), f"{request.method} {request.url.path}: {error.detail}")
+        detail = f"{request.method} {request.url.path}: {error.detail}"
+        return problem(error.status_code, kind, str(error.detail), detail)

@@ -1,0 +1,115 @@
+"""Where the database is and how to reach it: URL, engine, declarative base, Alembic migrations.
+
+Everything that opens a database goes through `make_engine`, so SQLite always runs with foreign
+keys, a busy timeout and WAL, and PostgreSQL always through psycopg 3. The schema is Alembic's:
+`upgrade` and `downgrade` drive the revisions in the `migrations` package, with no alembic.ini.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase
+
+import migrations
+
+DATA_DIR_ENV = "RINGMASTER_DATA_DIR"
+DATABASE_URL_ENV = "RINGMASTER_DATABASE_URL"
+DEFAULT_DATA_DIR = Path(".ringmaster")
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+# Every constraint gets a predictable name, so later migrations can drop or alter it by name
+# on both databases (SQLite batch mode cannot alter an unnamed constraint).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def data_dir() -> Path:
+    """The folder Ringmaster keeps local state in ($RINGMASTER_DATA_DIR, else ./.ringmaster)."""
+    path = Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def database_url() -> str:
+    """$RINGMASTER_DATABASE_URL, else a SQLite file in the data folder."""
+    configured = os.environ.get(DATABASE_URL_ENV)
+    if configured:
+        return configured
+    return f"sqlite:///{data_dir() / 'ringmaster.db'}"
+
+
+def normalise_url(url: str) -> str:
+    """Point `postgresql://` and `postgres://` URLs at the psycopg 3 driver; leave others alone."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL, with the connection settings Ringmaster needs."""
+    url = normalise_url(url)
+    engine = create_engine(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _configure_sqlite_connection)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # SQLite leaves foreign keys unenforced unless each connection asks for them.
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL lets the API read while the controller or an ingest writes.
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic configuration for the `migrations` package; None means `database_url()`."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        config.attributes["database_url"] = url
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database Alembic has never touched."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the migrations package has no revisions"
+    return head
