@@ -376,6 +376,15 @@ class CohortStore:
 
     # Audit
 
+    def change_marker(self) -> int:
+        """A number that grows with every change to cohorts: the newest audit record's id.
+
+        Every change is audited in its own transaction, so an unchanged marker means nothing that
+        compiles into a set (spec, opt choices, usage) has changed since it was read.
+        """
+        with self._session() as session:
+            return session.scalar(select(func.coalesce(func.max(AuditRow.id), 0))) or 0
+
     def audit_log(self, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
         """The latest audit records, newest first; of one subject (e.g. 'cohort-set/default')."""
         query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)

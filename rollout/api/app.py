@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import text
 
+from cohorts.cache import CompiledSetCache
 from cohorts.db import current_revision, head_revision, make_engine
 from cohorts.store import CohortStore
 from rollout.api import cohorts
@@ -44,6 +45,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         engine = make_engine(chosen.database_url)
         app.state.engine = engine
         app.state.store = CohortStore(engine)
+        app.state.compiled_sets = CompiledSetCache(app.state.store, max_keys=chosen.max_materialized_keys)
         try:
             yield
         finally:

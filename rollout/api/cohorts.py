@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from cohorts.assign import CompiledCohortSet, assign
+from cohorts.cache import CompiledSetCache
 from cohorts.flagd import flagd_document
 from cohorts.rotation import epoch_at
-from cohorts.spec import CohortSetSpec, check_cohort_set
+from cohorts.spec import TOTAL_WEIGHT, CohortSetSpec, check_cohort_set
 from cohorts.store import AuditRecord, CohortStore, StoredCohortSet
 from cohorts.usage import UsageBatch
 from rollout.api.problems import ApiProblem
@@ -235,15 +236,14 @@ def ingest_usage(
 
 
 def _compiled(request: Request, name: str, version: int | None) -> CompiledCohortSet:
-    settings = request.app.state.settings
-    return _store(request).compile(name, now=datetime.now(UTC), version=version,
-                                   max_keys=settings.max_materialized_keys)
+    cache: CompiledSetCache = request.app.state.compiled_sets
+    return cache.get(name, version)
 
 
-def _epoch(compiled_spec: CohortSetSpec, epoch: int | None) -> int:
+def _epoch(compiled: CompiledCohortSet, epoch: int | None) -> int:
     if epoch is not None:
         return epoch
-    rotation = compiled_spec.split.rotation if compiled_spec.split else None
+    rotation = compiled.split.rotation if compiled.split else None
     return epoch_at(rotation, datetime.now(UTC))
 
 
@@ -279,9 +279,8 @@ def explain(
     context = _attributes(attributes)
     if targeting_key is not None:
         context["targetingKey"] = targeting_key
-    stored = _store(request).get_set(name, version)
-    compiled = _compiled(request, name, stored.version)
-    chosen_epoch = _epoch(stored.spec, epoch)
+    compiled = _compiled(request, name, version)
+    chosen_epoch = _epoch(compiled, epoch)
     assignment = assign(compiled, context, chosen_epoch)
     request.app.state.metrics.assignments.labels(cohort_set=name, ring=assignment.ring).inc()
     return Explanation(
@@ -312,26 +311,25 @@ def estimate(
     version: VersionQuery = None,
 ) -> Estimate:
     """Each ring's share of the stored usage population, of the keys given, or else of the split."""
-    store = _store(request)
-    stored = store.get_set(name, version)
-    compiled = _compiled(request, name, stored.version)
-    chosen_epoch = _epoch(stored.spec, epoch)
+    compiled = _compiled(request, name, version)
+    chosen_epoch = _epoch(compiled, epoch)
     contexts: Iterable[dict[str, Any]] = (
-        ({"targetingKey": key} for key in keys) if keys else store.usage_population()
+        ({"targetingKey": key} for key in keys) if keys else _store(request).usage_population()
     )
     counts = Counter(assign(compiled, context, chosen_epoch).ring for context in contexts)
     population = sum(counts.values())
     source: Literal["usage", "keys", "configured"] = "keys" if keys else "usage"
     rings = _shares(compiled.rings, counts, population)
-    if population == 0 and stored.spec.split is not None:
+    if population == 0 and compiled.split is not None:
         # No one to count yet: fall back on what the split is configured to give.
         source = "configured"
-        cumulative = 0.0
+        weights = dict(compiled.split.rotating + compiled.split.static)
+        cumulative = 0
         rings = []
         for ring in compiled.rings:
-            share = stored.spec.split.shares.get(ring, 0.0) / 100
-            cumulative += share
-            rings.append(RingShare(ring=ring, count=0, share=share, cumulative_share=round(cumulative, 6)))
+            cumulative += weights.get(ring, 0)
+            rings.append(RingShare(ring=ring, count=0, share=weights.get(ring, 0) / TOTAL_WEIGHT,
+                                   cumulative_share=cumulative / TOTAL_WEIGHT))
     return Estimate(cohort_set=name, version=compiled.version, epoch=chosen_epoch, source=source,
                     population=population, rings=rings)
 
@@ -345,9 +343,8 @@ def flagd(
     version: VersionQuery = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    stored = _store(request).get_set(name, version)
-    compiled = _compiled(request, name, stored.version)
-    document = flagd_document(compiled, _epoch(stored.spec, epoch))
+    compiled = _compiled(request, name, version)
+    document = flagd_document(compiled, _epoch(compiled, epoch))
     etag = '"' + hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:32] + '"'
     if if_none_match is not None and etag in [tag.strip() for tag in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
