@@ -32,6 +32,8 @@ unit: venv
 
 bench: venv
 	$(BIN)/python -m bench.assign
+	scripts/ensure-postgres
+	$(BIN)/python -m bench.usage_ingest
 
 clean:
 	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis
