@@ -81,21 +81,22 @@ class Assignment(NamedTuple):
         if self.kind == "rule":
             return f"rule {self.rule!r} matched"
         if self.kind == "split":
-            placed = self.placement
-            if placed is None:
-                return f"split: every user not in a rotating ring is in {self.ring}"
-            where = f"hash position {placed.position / 2**32:.4f} falls in {self.ring} ({_percent(placed)}"
-            if placed.rotating:
-                return f"rotating split, epoch {placed.epoch}: {where})"
-            return f"split: {where} of the users outside the rotating rings)" if placed.total < TOTAL_WEIGHT \
-                else f"split: {where})"
+            return _split_reason(self.ring, self.placement)
         if self.subject is not None:
             return f"default: {self.subject!r} is missing or not a non-empty string, so the split cannot place the user"
         return "default: no rule matched and the set has no split"
 
 
-def _percent(placed: SplitPlacement) -> str:
-    return f"{placed.start * 100 / placed.total:.4g}–{placed.end * 100 / placed.total:.4g} %"  # noqa: RUF001
+def _split_reason(ring: str, placed: SplitPlacement | None) -> str:
+    if placed is None:
+        return f"split: every user not in a rotating ring is in {ring}"
+    low, high = placed.start * 100 / placed.total, placed.end * 100 / placed.total
+    where = f"hash position {placed.position / 2**32:.4f} falls in {ring} ({low:.4g} to {high:.4g} %"
+    if placed.rotating:
+        return f"rotating split, epoch {placed.epoch}: {where})"
+    if placed.total < TOTAL_WEIGHT:
+        return f"split: {where} of the users outside the rotating rings)"
+    return f"split: {where})"
 
 
 @dataclass(frozen=True)

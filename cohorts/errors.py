@@ -55,6 +55,19 @@ class VersionConflict(CohortError):
         )
 
 
+class OptNotOffered(CohortError):
+    """An opt-in or opt-out for a cohort set that names no ring for it."""
+
+    def __init__(self, cohort_set: str, choice: str) -> None:
+        self.cohort_set = cohort_set
+        self.choice = choice
+        field = "optInRing" if choice == "in" else "optOutRing"
+        super().__init__(
+            f"cohort set {cohort_set!r} has no {field}, so opting {choice} would change nothing; "
+            f"set {field} in the cohort set first"
+        )
+
+
 class MaterializationLimitExceeded(CohortError):
     """Compiling would put more targeting keys into the flagd document than allowed."""
 

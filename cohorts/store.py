@@ -40,7 +40,7 @@ from cohorts.assign import (
     compile_cohort_set,
 )
 from cohorts.db import Base
-from cohorts.errors import CohortSetExists, CohortSetNotFound, VersionConflict
+from cohorts.errors import CohortSetExists, CohortSetNotFound, OptNotOffered, VersionConflict
 from cohorts.spec import (
     AllOf,
     AnyOf,
@@ -236,13 +236,16 @@ class CohortStore:
         """Record that a user opted in or out of a set's rollouts, replacing an earlier choice.
 
         Setting the choice a user already has is still recorded and audited: it says who
-        confirmed it and when. Raises CohortSetNotFound, or pydantic's ValidationError for a
-        targeting key that cannot be stored.
+        confirmed it and when. Raises CohortSetNotFound, OptNotOffered when the set has no ring for
+        the choice, or pydantic's ValidationError for a targeting key that cannot be stored.
         """
         _targeting_key.validate_python(targeting_key)
         now = self._now()
         with self._transaction() as session:
             self._lock_set(session, name)
+            spec = self._read_set(session, name, None).spec
+            if (spec.opt_in_ring if choice == "in" else spec.opt_out_ring) is None:
+                raise OptNotOffered(name, choice)
             before = self._opt_choice(session, name, targeting_key)
             written = {"choice": choice, "updated_at": now, "updated_by": actor}
             if before is None:

@@ -19,6 +19,7 @@ from cohorts.errors import (
     CohortSetNotFound,
     InvalidCohortSet,
     MaterializationLimitExceeded,
+    OptNotOffered,
     VersionConflict,
 )
 from cohorts.matchers import MatchKeys
@@ -183,6 +184,14 @@ def test_opt_choices_keep_each_users_latest_choice(store: CohortStore) -> None:
     store.set_opt("web", "otto", "out", "otto")
     assert store.opt_choices("web") == {"olga": "in", "otto": "out"}
     assert store.opt_choices("default") == {}
+
+
+def test_a_choice_the_set_has_no_ring_for_is_refused_and_not_recorded(store: CohortStore) -> None:
+    store.create_set(web_spec(opt_out_ring=None), "ana")
+    with pytest.raises(OptNotOffered, match="has no optOutRing"):
+        store.set_opt("web", "otto", "out", "otto")
+    assert store.opt_choices("web") == {}
+    assert store.audit_log(subject="cohort-set/web")[0].action == "cohort-set.create"
 
 
 def test_clearing_an_opt_choice_reports_whether_there_was_one(store: CohortStore) -> None:

@@ -18,7 +18,7 @@ from cohorts.assign import CompiledCohortSet, assign
 from cohorts.cache import CompiledSetCache
 from cohorts.flagd import flagd_document
 from cohorts.rotation import epoch_at
-from cohorts.spec import TOTAL_WEIGHT, CohortSetSpec, check_cohort_set
+from cohorts.spec import TOTAL_WEIGHT, CohortSetSpec
 from cohorts.store import AuditRecord, CohortStore, StoredCohortSet
 from cohorts.usage import UsageBatch
 from rollout.api.problems import ApiProblem
@@ -153,7 +153,7 @@ def create_cohort_set(
     actor: ActorHeader = "anonymous",
     comment: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JSONResponse:
-    stored = _store(request).create_set(check_cohort_set(spec), actor, comment)
+    stored = _store(request).create_set(spec, actor, comment)
     return _versioned(stored, 201, f"/api/v1/cohort-sets/{stored.name}")
 
 
@@ -180,7 +180,7 @@ def update_cohort_set(
             f"name: the body names {spec.name!r} but the URL names {name!r}; make them the same",
             [{"in": "body", "field": "name", "message": f"must be {name!r}, as in the URL"}],
         )
-    stored = _store(request).update_set(check_cohort_set(spec), actor, comment, _expected_version(if_match))
+    stored = _store(request).update_set(spec, actor, comment, _expected_version(if_match))
     return _versioned(stored)
 
 
@@ -202,17 +202,7 @@ def list_opt_choices(request: Request, name: str) -> OptList:
 def set_opt_choice(
     request: Request, name: str, targeting_key: TargetingKeyPath, choice: OptChoice, actor: ActorHeader = "anonymous"
 ) -> OptChoice:
-    store = _store(request)
-    spec = store.get_set(name).spec
-    ring = spec.opt_in_ring if choice.choice == "in" else spec.opt_out_ring
-    if ring is None:
-        field = "optInRing" if choice.choice == "in" else "optOutRing"
-        raise ApiProblem(
-            409, "opt-not-offered", "This cohort set does not take that choice",
-            f"cohort set {name!r} has no {field}, so opting {choice.choice} would change nothing; "
-            f"set {field} in the cohort set first",
-        )
-    store.set_opt(name, targeting_key, choice.choice, actor)
+    _store(request).set_opt(name, targeting_key, choice.choice, actor)
     return choice
 
 

@@ -18,6 +18,7 @@ from cohorts.errors import (
     InvalidCohortSet,
     InvalidUsage,
     MaterializationLimitExceeded,
+    OptNotOffered,
     VersionConflict,
 )
 
@@ -97,6 +98,8 @@ def install_problem_handlers(app: FastAPI) -> None:
             return problem(422, kind, "The request is not valid", str(error), errors)
         if isinstance(error, CohortSetNotFound):
             return problem(404, "not-found", "No such cohort set", str(error))
+        if isinstance(error, OptNotOffered):
+            return problem(409, "opt-not-offered", "This cohort set does not take that choice", str(error))
         if isinstance(error, CohortSetExists):
             return problem(409, "already-exists", "The cohort set already exists", str(error))
         if isinstance(error, VersionConflict):
