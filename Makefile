@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv bench clean
+.PHONY: demo test lint typecheck unit venv bench clean control-plane
 
 $(INSTALLED): pyproject.toml flagd-provider/pyproject.toml
 	scripts/ensure-python-venv "$(PYTHON)"
@@ -15,10 +15,17 @@ $(INSTALLED): pyproject.toml flagd-provider/pyproject.toml
 
 venv: $(INSTALLED)
 
-demo: venv
+# The local Kubernetes control plane: kube-apiserver and kube-controller-manager built once into
+# ~/.cache/ringmaster (about 3 to 8 minutes cold), Debian's etcd, openssl for its keys, and kubectl.
+control-plane:
+	scripts/build-kube
+	scripts/ensure-debian-packages etcd-server openssl
+	command -v kubectl >/dev/null || scripts/ensure-debian-packages kubernetes-client
+
+demo: venv control-plane
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo
 
-test: venv lint typecheck unit
+test: venv control-plane lint typecheck unit
 
 lint: venv
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,13 @@ db_app = typer.Typer(help="Migrate the database (RINGMASTER_DATABASE_URL, defaul
                      no_args_is_help=True)
 cohort_app = typer.Typer(help="Cohort sets: rings, rules and who is in which ring.", no_args_is_help=True)
 usage_app = typer.Typer(help="Per-user usage history that usage rules select on.", no_args_is_help=True)
+localcluster_app = typer.Typer(
+    help="A local Kubernetes control plane (etcd, kube-apiserver and kube-controller-manager 1.20, "
+    "a simulated node) in the data folder.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
+app.add_typer(localcluster_app, name="localcluster")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(usage_app, name="usage")
 
@@ -285,3 +292,58 @@ def usage_ingest(
         if rows:
             stored += api.ingest_usage(rows)
     console.print(f"stored usage of {stored:,} users")
+
+
+RootOption = Annotated[Path | None, typer.Option("--root", help="cluster folder; default <data dir>/localcluster")]
+
+
+@localcluster_app.command("up")
+def localcluster_up(
+    root: RootOption = None,
+    simulator: Annotated[bool, typer.Option(help="run the node simulator (pods never start without it)")] = True,
+) -> None:
+    """Start the local control plane (if it is not running) and wait until the API answers."""
+    from rollout.localcluster.cluster import LocalCluster, LocalClusterError
+
+    started = time.monotonic()
+    try:
+        status = LocalCluster(root).up(simulator=simulator)
+    except LocalClusterError as error:
+        raise fail(str(error)) from error
+    console.print(f"local control plane is up at {status.apiserver_url} ({time.monotonic() - started:.1f} s)",
+                  highlight=False)
+    console.print(f"  export KUBECONFIG={status.kubeconfig}", highlight=False)
+
+
+@localcluster_app.command("down")
+def localcluster_down(root: RootOption = None) -> None:
+    """Stop exactly the processes `up` started."""
+    from rollout.localcluster.cluster import LocalCluster
+
+    stopped = LocalCluster(root).down()
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running", highlight=False)
+
+
+@localcluster_app.command("status")
+def localcluster_status(root: RootOption = None) -> None:
+    """Show which of the control plane's processes run and whether the API answers; exit 1 when it does not."""
+    from rollout.localcluster.cluster import LocalCluster
+
+    status = LocalCluster(root).status()
+    for name, pid in status.running.items():
+        console.print(f"  {name:<24} running (pid {pid})", highlight=False)
+    for name in status.stopped:
+        console.print(f"  {name:<24} not running", highlight=False)
+    if not status.api_ready:
+        raise fail(f"the local control plane in {status.root} is not answering; start it with "
+                   "`ringmaster localcluster up`")
+    console.print(f"API ready at {status.apiserver_url}; kubeconfig {status.kubeconfig}", highlight=False,
+                  soft_wrap=True)
+
+
+@localcluster_app.command("kubeconfig")
+def localcluster_kubeconfig(root: RootOption = None) -> None:
+    """Print the path of the local control plane's kubeconfig."""
+    from rollout.localcluster.cluster import LocalCluster
+
+    sys.stdout.write(f"{LocalCluster(root).kubeconfig}\n")

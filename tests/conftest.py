@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from cohorts.db import make_engine, upgrade
 from cohorts.store import CohortStore
+from rollout.localcluster.cluster import LocalCluster, LocalClusterError
 
 TEST_POSTGRES_URL_ENV = "RINGMASTER_TEST_POSTGRES_URL"
 DEFAULT_TEST_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -94,3 +95,29 @@ def store(database_url: str) -> Iterator[CohortStore]:
     engine = make_engine(database_url)
     yield CohortStore(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The local control plane, started once per test session (per xdist worker) in a folder of its own."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("localcluster"))
+    try:
+        cluster.up()
+    except LocalClusterError as error:
+        pytest.fail(str(error), pytrace=False)
+    yield cluster
+    cluster.down()
+
+
+@pytest.fixture
+def namespace(local_cluster: LocalCluster) -> Iterator[str]:
+    """A namespace of this test's own, deleted (with everything in it) afterwards."""
+    from kubernetes import client
+
+    name = f"t-{secrets.token_hex(4)}"
+    with local_cluster.api_client() as api_client:
+        core = client.CoreV1Api(api_client)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+            name=name, labels={"ringmaster.dev/test": "true"})))
+        yield name
+        core.delete_namespace(name)
