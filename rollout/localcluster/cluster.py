@@ -8,8 +8,10 @@ time of every process `up` started, so `down` stops exactly those and nothing el
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -253,14 +255,15 @@ class LocalCluster:
     # Processes
 
     def _check_binaries(self) -> None:
-        missing = [name for name in ("kube-apiserver", "kube-controller-manager") if not (self.bin_dir / name).is_file()]
+        binaries = ("kube-apiserver", "kube-controller-manager")
+        missing = [name for name in binaries if not (self.bin_dir / name).is_file()]
         if missing:
             raise LocalClusterError(
                 f"{', '.join(missing)} not found in {self.bin_dir}; build them once with scripts/build-kube "
                 "(`make test` and `make demo` do), or set RINGMASTER_KUBE_CACHE to where they are"
             )
-        if not any((Path(folder) / "etcd").is_file() for folder in os.environ.get("PATH", "").split(os.pathsep)):
-            raise LocalClusterError("etcd is not installed; install Debian's etcd-server (`apt-get install etcd-server`)")
+        if shutil.which("etcd") is None:
+            raise LocalClusterError("etcd is not installed; install Debian's etcd-server: apt-get install etcd-server")
 
     def _start(self, name: str, command: list[str]) -> ProcessRecord:
         log_path = self.logs / f"{name}.log"
@@ -400,10 +403,8 @@ class LocalCluster:
 def _reap(pid: int) -> None:
     # A child of this very process (tests start and stop in one process) lingers as a zombie,
     # which /proc still lists, until it is waited for.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _tail(path: Path, lines: int = 20) -> str:
