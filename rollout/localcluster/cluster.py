@@ -185,6 +185,9 @@ class LocalCluster:
             if simulator:
                 state.processes["simulator"] = self._start("simulator", self._simulator_command(state.ports))
             state.save(self.state_file)
+            if simulator:
+                # Ready once its Node is registered and it has listed the pods, so pods created next start.
+                self._wait(lambda: self._simulator_healthy(state.ports), deadline, "simulator", state)
         except BaseException:
             self._stop(state)
             raise
@@ -362,6 +365,13 @@ class LocalCluster:
             with urllib.request.urlopen(f"http://127.0.0.1:{ports.etcd_client}/health", timeout=1) as response:
                 return bool(json.loads(response.read()).get("health") == "true")
         except (OSError, ValueError):
+            return False
+
+    def _simulator_healthy(self, ports: Ports) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports.metrics}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
             return False
 
     def _api_ready(self, ports: Ports, token: str) -> bool:
