@@ -41,6 +41,7 @@ bench: venv
 	$(BIN)/python -m bench.assign
 	scripts/ensure-postgres
 	$(BIN)/python -m bench.usage_ingest
+	$(BIN)/python -m bench.propagation
 
 clean:
 	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cohorts.db import current_revision, database_url, downgrade, head_revision, make_engine, upgrade
+from rollout.api.sync import DEFAULT_SYNC_PORT
 from rollout.client import ClientError, RingmasterClient
 from rollout.settings import ServiceSettings, SettingsError
 
@@ -30,6 +32,7 @@ db_app = typer.Typer(help="Migrate the database (RINGMASTER_DATABASE_URL, defaul
                      no_args_is_help=True)
 cohort_app = typer.Typer(help="Cohort sets: rings, rules and who is in which ring.", no_args_is_help=True)
 usage_app = typer.Typer(help="Per-user usage history that usage rules select on.", no_args_is_help=True)
+flag_app = typer.Typer(help="Feature flags: variants, ring mappings, enable and disable.", no_args_is_help=True)
 localcluster_app = typer.Typer(
     help="A local Kubernetes control plane (etcd, kube-apiserver and kube-controller-manager 1.20, "
     "a simulated node) in the data folder.",
@@ -39,6 +42,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(localcluster_app, name="localcluster")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(usage_app, name="usage")
+app.add_typer(flag_app, name="flag")
 
 console = Console()
 errors = Console(stderr=True)
@@ -96,12 +100,14 @@ def emit_json(value: Any) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    sync_port: Annotated[int, typer.Option(help="port of flagd's sync gRPC service (flagd.sync.v1); 0 turns it off",
+                                           min=0, max=65535)] = DEFAULT_SYNC_PORT,
 ) -> None:
-    """Serve the HTTP API (cohort sets, explain, estimate, flagd documents, /metrics)."""
+    """Serve the HTTP API (cohorts, flags, flagd document and stream, OFREP, /metrics) and flagd's gRPC sync."""
     from rollout.api.app import create_app
 
     try:
-        settings = ServiceSettings.from_environment()
+        settings = replace(ServiceSettings.from_environment(), sync_port=sync_port or None, sync_host=host)
     except SettingsError as error:
         raise fail(str(error)) from error
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
@@ -292,6 +298,196 @@ def usage_ingest(
         if rows:
             stored += api.ingest_usage(rows)
     console.print(f"stored usage of {stored:,} users")
+
+
+KeyArgument = Annotated[str, typer.Argument(help="the flag key")]
+CommentOption = Annotated[str | None, typer.Option(help="why, kept with the version")]
+VARIANT_PARSERS: dict[str, Any] = {
+    "boolean": lambda raw: {"true": True, "false": False}[raw.lower()],
+    "integer": int,
+    "float": float,
+    "string": str,
+    "object": json.loads,
+}
+
+
+def _variant_value(flag_type: str, pair: str) -> tuple[str, Any]:
+    name, equals, raw = pair.partition("=")
+    if not equals or not name:
+        raise fail(f"--variant {pair}: write name=value, e.g. on=true")
+    if flag_type not in VARIANT_PARSERS:
+        raise fail(f"--variant {pair}: give the flag's --type first ({', '.join(VARIANT_PARSERS)})")
+    try:
+        value = VARIANT_PARSERS[flag_type](raw)
+    except (KeyError, ValueError) as error:
+        raise fail(f"--variant {pair}: {raw!r} is not a {flag_type} value") from error
+    return name, value
+
+
+def flag_from_options(
+    base: dict[str, Any],
+    *,
+    key: str | None,
+    flag_type: str | None,
+    variants: list[str],
+    default: str | None,
+    cohort_set: str | None,
+    rings: list[str],
+    otherwise: str | None,
+    json_logic: str | None,
+    no_targeting: bool,
+    metadata: list[str],
+    flag_set: str | None,
+    description: str | None,
+    state: str | None,
+) -> dict[str, Any]:
+    """The flag `base` (a file, the current version, or nothing) with the options given applied over it.
+
+    `--ring r=v` sets one ring's variant and leaves the others (`--ring r=` removes it), so
+    promoting a ring is one option; `--variant` and `--meta` likewise add to what is there.
+    """
+    spec = dict(base)
+    if key is not None:
+        if spec.get("key", key) != key:
+            raise fail(f"the file is flag {spec['key']!r}, not {key!r}; drop the key argument or fix the file")
+        spec["key"] = key
+    for field, value in (("type", flag_type), ("description", description), ("flagSet", flag_set),
+                         ("state", state.upper() if state else None)):
+        if value is not None:
+            spec[field] = value
+    if default is not None:
+        spec["defaultVariant"] = default or None
+    if variants:
+        spec["variants"] = dict(spec.get("variants", {}))
+        for pair in variants:
+            name, value = _variant_value(str(spec.get("type")), pair)
+            spec["variants"][name] = value
+    if metadata:
+        spec["metadata"] = {**spec.get("metadata", {}), **parse_attributes(metadata)}
+    if no_targeting:
+        spec.pop("targeting", None)
+    if json_logic is not None:
+        try:
+            spec["targeting"] = {"jsonLogic": json.loads(json_logic)}
+        except json.JSONDecodeError as error:
+            raise fail(f"--json-logic: not JSON ({error})") from error
+    if cohort_set is not None or rings or otherwise is not None:
+        current = spec.get("targeting", {}).get("rings", {}) if isinstance(spec.get("targeting"), dict) else {}
+        ring_variants: dict[str, str] = dict(current.get("variants", {}))
+        for pair in rings:
+            ring, equals, variant = pair.partition("=")
+            if not equals or not ring:
+                raise fail(f"--ring {pair}: write ring=variant, e.g. canary=on (ring= removes the ring)")
+            if variant:
+                ring_variants[ring] = variant
+            else:
+                ring_variants.pop(ring, None)
+        mapping: dict[str, Any] = {"cohortSet": cohort_set or current.get("cohortSet", "default"),
+                                   "variants": ring_variants}
+        chosen_otherwise = current.get("otherwise") if otherwise is None else otherwise or None
+        if chosen_otherwise is not None:
+            mapping["otherwise"] = chosen_otherwise
+        spec["targeting"] = {"rings": mapping}
+    return spec
+
+
+def _targeting_summary(spec: dict[str, Any]) -> str:
+    targeting = spec.get("targeting")
+    if not targeting:
+        return "-"
+    if "jsonLogic" in targeting:
+        return "jsonLogic"
+    mapping = targeting["rings"]
+    by_variant: dict[str, list[str]] = {}
+    for ring, variant in mapping.get("variants", {}).items():
+        by_variant.setdefault(variant, []).append(ring)
+    parts = [f"{','.join(rings)}→{variant}" for variant, rings in by_variant.items()]
+    parts.append(f"else→{mapping.get('otherwise') or spec.get('defaultVariant') or 'code default'}")
+    return f"{mapping['cohortSet']}: " + "; ".join(parts)
+
+
+@flag_app.command("list")
+def flag_list(server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """List flags at their current version."""
+    with client(server) as api:
+        items = api.list_flags()
+    if as_json:
+        emit_json(items)
+        return
+    table = Table("key", "type", "state", "default", "targeting", "flag set", "version")
+    for item in items:
+        spec = item["spec"]
+        table.add_row(item["key"], spec["type"], spec["state"], spec.get("defaultVariant") or "-",
+                      _targeting_summary(spec), spec.get("flagSet") or "-", str(item["version"]))
+    console.print(table)
+
+
+@flag_app.command("get")
+def flag_get(key: KeyArgument, version: Annotated[int | None, typer.Option(help="an older version")] = None,
+             server: ServerOption = None) -> None:
+    """Print a flag (its spec and version) as JSON."""
+    with client(server) as api:
+        emit_json(api.get_flag(key, version))
+
+
+@flag_app.command("set")
+def flag_set(
+    key: Annotated[str | None, typer.Argument(help="the flag key (or give it in the file)")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", exists=True, dir_okay=False,
+                                              help="a flag as JSON; options given as well override its fields")] = None,
+    flag_type: Annotated[str | None, typer.Option("--type", help="boolean, string, integer, float or object")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="name=value, e.g. on=true; repeat for each")] = None,
+    default: Annotated[str | None, typer.Option(help="the default variant ('' for the app's code default)")] = None,
+    cohort_set: Annotated[str | None, typer.Option("--rings", help="map the rings of this cohort set")] = None,
+    ring: Annotated[list[str] | None, typer.Option(help="ring=variant, e.g. canary=on; ring= unmaps it")] = None,
+    otherwise: Annotated[str | None, typer.Option(help="variant of every ring not mapped")] = None,
+    json_logic: Annotated[str | None, typer.Option(help="raw flagd targeting as JSON instead of rings")] = None,
+    no_targeting: Annotated[bool, typer.Option("--no-targeting", help="remove the targeting")] = False,
+    meta: Annotated[list[str] | None, typer.Option(help="metadata k=v, or k:=json for numbers and booleans")] = None,
+    flag_set: Annotated[str | None, typer.Option(help="flag set, for flagd selectors (flagSetId)")] = None,
+    description: Annotated[str | None, typer.Option(help="what the flag is for")] = None,
+    state: Annotated[str | None, typer.Option(help="ENABLED or DISABLED")] = None,
+    comment: CommentOption = None,
+    server: ServerOption = None,
+) -> None:
+    """Create a flag, or make a new version of it, from a file or from options."""
+    base: dict[str, Any] = {}
+    if file is not None:
+        try:
+            base = json.loads(file.read_text())
+        except json.JSONDecodeError as error:
+            raise fail(f"{file}: not JSON ({error})") from error
+        if not isinstance(base, dict):
+            raise fail(f"{file}: a flag is a JSON object")
+    if key is None and "key" not in base:
+        raise fail("give the flag key, as the argument or in the file")
+    with client(server) as api:
+        if file is None and key is not None:
+            current = api.find_flag(key)
+            base = dict(current["spec"]) if current is not None else {}
+        spec = flag_from_options(
+            base, key=key, flag_type=flag_type, variants=variant or [], default=default, cohort_set=cohort_set,
+            rings=ring or [], otherwise=otherwise, json_logic=json_logic, no_targeting=no_targeting,
+            metadata=meta or [], flag_set=flag_set, description=description, state=state,
+        )
+        stored = api.apply_flag(spec, comment)
+    console.print(f"flag {stored['key']} is at version {stored['version']}", highlight=False)
+
+
+@flag_app.command("enable")
+def flag_enable(key: KeyArgument, comment: CommentOption = None, server: ServerOption = None) -> None:
+    """Serve the flag's variants again."""
+    with client(server) as api:
+        stored = api.set_flag_enabled(key, True, comment)
+    console.print(f"flag {key} is enabled (version {stored['version']})", highlight=False)
+
+
+@flag_app.command("disable")
+def flag_disable(key: KeyArgument, comment: CommentOption = None, server: ServerOption = None) -> None:
+    """Turn the flag off: every app gets its code default."""
+    with client(server) as api:
+        stored = api.set_flag_enabled(key, False, comment)
+    console.print(f"flag {key} is disabled (version {stored['version']})", highlight=False)
 
 
 RootOption = Annotated[Path | None, typer.Option("--root", help="cluster folder; default <data dir>/localcluster")]

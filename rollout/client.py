@@ -116,3 +116,41 @@ class RingmasterClient:
             params["subject"] = subject
         items: list[dict[str, Any]] = self.request("GET", "/api/v1/audit", params=params)["items"]
         return items
+
+    def list_flags(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/flags")["items"]
+        return items
+
+    def get_flag(self, key: str, version: int | None = None) -> dict[str, Any]:
+        params = {"version": version} if version else {}
+        result: dict[str, Any] = self.request("GET", f"/api/v1/flags/{key}", params=params)
+        return result
+
+    def find_flag(self, key: str) -> dict[str, Any] | None:
+        """The flag's current version, or None when there is no flag with that key."""
+        try:
+            return self.get_flag(key)
+        except ClientError as error:
+            if error.problem and error.problem.get("status") == 404:
+                return None
+            raise
+
+    def apply_flag(self, spec: dict[str, Any], comment: str | None = None) -> dict[str, Any]:
+        """Create the flag, or make a new version of it when it exists."""
+        key = str(spec.get("key"))
+        params = {"comment": comment} if comment else {}
+        current = self.find_flag(key)
+        if current is None:
+            created: dict[str, Any] = self.request("POST", "/api/v1/flags", json=spec, params=params)
+            return created
+        updated: dict[str, Any] = self.request(
+            "PUT", f"/api/v1/flags/{key}", json=spec, params=params, headers={"If-Match": f'"{current["version"]}"'}
+        )
+        return updated
+
+    def set_flag_enabled(self, key: str, enabled: bool, comment: str | None = None) -> dict[str, Any]:
+        params = {"comment": comment} if comment else {}
+        result: dict[str, Any] = self.request(
+            "POST", f"/api/v1/flags/{key}/{'enable' if enabled else 'disable'}", params=params
+        )
+        return result

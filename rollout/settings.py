@@ -26,6 +26,9 @@ def _positive_int(name: str, default: int) -> int:
 class ServiceSettings:
     database_url: str
     max_materialized_keys: int = DEFAULT_MAX_MATERIALIZED_KEYS
+    # flagd's sync gRPC service: None serves none (`serve --sync-port 0`), 0 listens on any free port.
+    sync_port: int | None = None
+    sync_host: str = "127.0.0.1"
 
     @classmethod
     def from_environment(cls) -> ServiceSettings:

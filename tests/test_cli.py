@@ -12,8 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RINGMASTER = [sys.executable, "-m", "rollout"]
@@ -42,10 +44,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
                    "RINGMASTER_SERVER": f"http://127.0.0.1:{port}"}
     environment.pop("RINGMASTER_DATABASE_URL", None)
-    assert "0001_cohorts" in run(environment, "db", "upgrade").stdout
+    assert "0002_flags" in run(environment, "db", "upgrade").stdout
     log = (data_dir / "serve.log").open("w")
-    process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port)], env=environment, stdout=log,
-                               stderr=subprocess.STDOUT, cwd=REPOSITORY)
+    sync_port = free_port()
+    process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", str(sync_port)],
+                               env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -57,6 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         assert time.monotonic() < deadline, "ringmaster serve did not become ready in 30 s"
         time.sleep(0.1)
     environment["SERVE_PID"] = str(process.pid)
+    environment["SYNC_PORT"] = str(sync_port)
     yield environment
     if process.poll() is None:
         process.kill()
@@ -122,6 +126,45 @@ def test_an_unreachable_server_says_how_to_reach_one(server: dict[str, str]) -> 
     elsewhere = {**server, "RINGMASTER_SERVER": f"http://127.0.0.1:{free_port()}"}
     completed = run(elsewhere, "cohort", "list", check=False)
     assert completed.returncode == 1 and "start it with `ringmaster serve`" in completed.stderr
+
+
+def test_flag_set_creates_a_ring_flag_from_options_and_promotes_one_ring_at_a_time(server: dict[str, str]) -> None:
+    created = run(server, "flag", "set", "new-checkout", "--type", "boolean", "--variant", "on=true",
+                  "--variant", "off=false", "--default", "off", "--rings", "default", "--ring", "canary=on",
+                  "--otherwise", "off", "--flag-set", "web", "--meta", "owner=payments", "--meta", "tier:=1").stdout
+    assert created.strip() == "flag new-checkout is at version 1"
+    promoted = run(server, "flag", "set", "new-checkout", "--ring", "early-adopter=on", "--comment", "canary is fine")
+    assert promoted.stdout.strip() == "flag new-checkout is at version 2"
+    flag = json.loads(run(server, "flag", "get", "new-checkout").stdout)
+    assert flag["spec"]["targeting"] == {"rings": {"cohortSet": "default", "otherwise": "off",
+                                                   "variants": {"canary": "on", "early-adopter": "on"}}}
+    assert (flag["spec"]["metadata"], flag["comment"]) == ({"owner": "payments", "tier": 1}, "canary is fine")
+    assert json.loads(run(server, "flag", "get", "new-checkout", "--version", "1").stdout)["version"] == 1
+    listed = run(server, "flag", "list").stdout
+    assert "new-checkout" in listed and "default: canary,early-adopter→on; else→off" in listed
+
+
+def test_flag_set_from_a_file_and_a_refused_flag_names_each_field(server: dict[str, str]) -> None:
+    path = Path(server["RINGMASTER_DATA_DIR"]) / "theme.json"
+    path.write_text(json.dumps({"key": "theme", "type": "string", "variants": {"dark": "dark", "light": "light"},
+                                "defaultVariant": "light"}))
+    assert run(server, "flag", "set", "-f", str(path)).stdout.strip() == "flag theme is at version 1"
+    assert json.loads(run(server, "flag", "list", "--json").stdout)[-1]["key"] == "theme"
+    path.write_text(json.dumps({"key": "theme", "type": "string", "variants": {"dark": 1}, "defaultVariant": "dim"}))
+    refused = run(server, "flag", "set", "-f", str(path), check=False)
+    assert refused.returncode == 1
+    assert "variants.dark:" in refused.stderr and "defaultVariant: 'dim' is not one of the variants" in refused.stderr
+    bad_value = run(server, "flag", "set", "lights", "--type", "boolean", "--variant", "on=yes", check=False)
+    assert bad_value.returncode == 1 and "'yes' is not a boolean value" in bad_value.stderr
+
+
+def test_flag_disable_reaches_the_sync_port_serve_listens_on(server: dict[str, str]) -> None:
+    run(server, "flag", "set", "kill-switch", "--type", "boolean", "--variant", "on=true", "--default", "on")
+    assert "flag kill-switch is disabled (version 2)" in run(server, "flag", "disable", "kill-switch").stdout
+    with grpc.insecure_channel(f"127.0.0.1:{server['SYNC_PORT']}") as channel:
+        fetched = sync_pb2_grpc.FlagSyncServiceStub(channel).FetchAllFlags(sync_pb2.FetchAllFlagsRequest())
+    assert json.loads(fetched.flag_configuration)["flags"]["kill-switch"]["state"] == "DISABLED"
+    assert "is enabled (version 3)" in run(server, "flag", "enable", "kill-switch").stdout
 
 
 def test_serve_stops_cleanly_on_sigterm(server: dict[str, str]) -> None:

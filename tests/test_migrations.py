@@ -9,6 +9,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DatabaseError
 
 import cohorts.tables  # noqa: F401  (registers the tables on Base.metadata)
+import rollout.flags.tables  # noqa: F401  (and the flag tables)
 from cohorts.db import (
     Base,
     current_revision,
@@ -26,6 +27,8 @@ TABLES = {
     "cohort_opt_choices",
     "cohort_set_versions",
     "cohort_sets",
+    "flag_versions",
+    "flags",
     "usage_metrics",
     "usage_users",
 }
@@ -60,7 +63,7 @@ def test_upgrade_downgrade_to_base_and_upgrade_again_leaves_a_fresh_database(
 ) -> None:
     engine = make_engine(database_url)
     try:
-        assert current_revision(engine) == head_revision() == "0001_cohorts"
+        assert current_revision(engine) == head_revision() == "0002_flags"
         assert set(inspect(engine).get_table_names()) == TABLES
 
         downgrade(database_url, "base")

@@ -5,17 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import text
 
 from cohorts.cache import CompiledSetCache
 from cohorts.db import current_revision, head_revision, make_engine
 from cohorts.store import CohortStore
-from rollout.api import cohorts
+from rollout.api import cohorts, flagd, flags, ofrep
 from rollout.api.problems import install_problem_handlers, problem
+from rollout.api.sync import SyncServer
+from rollout.flags.document import compile_flags
+from rollout.flags.publisher import FlagPublisher
+from rollout.flags.store import FlagStore
 from rollout.settings import ServiceSettings
 
 
@@ -35,6 +40,13 @@ class ServiceMetrics:
             "ringmaster_assignments", "Users placed in a ring through the explain API", ["cohort_set", "ring"],
             registry=self.registry,
         )
+        self.flag_documents = Counter(
+            "ringmaster_flag_documents_published", "Flag documents published (each one changed)",
+            registry=self.registry,
+        )
+        self.flag_streams = Gauge(
+            "ringmaster_flag_streams", "Open flag document streams (SSE and gRPC SyncFlags)", registry=self.registry
+        )
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -44,23 +56,41 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(chosen.database_url)
         app.state.engine = engine
-        app.state.store = CohortStore(engine)
-        app.state.compiled_sets = CompiledSetCache(app.state.store, max_keys=chosen.max_materialized_keys)
+        app.state.store = store = CohortStore(engine)
+        app.state.compiled_sets = compiled_sets = CompiledSetCache(store, max_keys=chosen.max_materialized_keys)
+        app.state.flags = flag_store = FlagStore(engine, store)
+        app.state.publisher = publisher = FlagPublisher(
+            lambda: compile_flags(flag_store, compiled_sets, datetime.now(UTC)), store.change_marker
+        )
+        metrics: ServiceMetrics = app.state.metrics
+        publisher.add_listener(lambda published: metrics.flag_documents.inc())
+        metrics.flag_streams.set_function(lambda: publisher.subscriber_count)
+        app.state.ofrep = ofrep.OfrepEvaluator(publisher)
+        publisher.start()
+        sync_server = None if chosen.sync_port is None else SyncServer(publisher, chosen.sync_host, chosen.sync_port)
         try:
+            if sync_server is not None:
+                app.state.sync_port = sync_server.start()
             yield
         finally:
+            if sync_server is not None:
+                sync_server.stop()
+            publisher.stop()
             engine.dispose()
 
     app = FastAPI(
         title="Ringmaster",
         version="0.1.0",
-        summary="Release rings by user cohort: cohort sets, assignment, flagd compilation.",
+        summary="Release rings by user cohort: cohort sets, assignment, flags served as flagd, flagd sync and OFREP.",
         lifespan=lifespan,
     )
     app.state.settings = chosen
     app.state.metrics = ServiceMetrics()
     install_problem_handlers(app)
     app.include_router(cohorts.router)
+    app.include_router(flags.router)
+    app.include_router(flagd.router)
+    app.include_router(ofrep.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

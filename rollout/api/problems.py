@@ -21,6 +21,14 @@ from cohorts.errors import (
     OptNotOffered,
     VersionConflict,
 )
+from rollout.flags.errors import (
+    FlagError,
+    FlagExists,
+    FlagNotFound,
+    FlagVersionConflict,
+    InvalidFlag,
+    InvalidSelector,
+)
 
 PROBLEM_TYPES = "https://ringmaster.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -107,6 +115,22 @@ def install_problem_handlers(app: FastAPI) -> None:
         if isinstance(error, MaterializationLimitExceeded):
             return problem(422, "materialization-limit", "Too many targeting keys to compile", str(error))
         return problem(400, "cohort-error", "The request cannot be carried out", str(error))
+
+    @app.exception_handler(FlagError)
+    async def flag_error(request: Request, error: FlagError) -> JSONResponse:
+        if isinstance(error, InvalidFlag):
+            errors = [{"in": "body", "field": item.field, "message": item.message} for item in error.problems]
+            return problem(422, "invalid-flag", "The request is not valid", str(error), errors)
+        if isinstance(error, FlagNotFound):
+            return problem(404, "not-found", "No such flag", str(error))
+        if isinstance(error, FlagExists):
+            return problem(409, "already-exists", "The flag already exists", str(error))
+        if isinstance(error, FlagVersionConflict):
+            return problem(412, "version-conflict", "The flag changed since you read it", str(error))
+        if isinstance(error, InvalidSelector):
+            errors = [{"in": "header", "field": "Flagd-Selector", "message": str(error)}]
+            return problem(400, "invalid-request", "The request is not valid", str(error), errors)
+        return problem(400, "flag-error", "The request cannot be carried out", str(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

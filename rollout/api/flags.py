@@ -1,0 +1,141 @@
+"""HTTP routes for flags: list, create, read (any version), update with If-Match, enable and disable.
+
+Thin, like the cohort routes: validate, call the store, shape JSON. After every change the replica's
+publisher refreshes at once, so the flagd document, the streams and OFREP serve the change before
+the response returns; other replicas see it within one poll.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from rollout.api.cohorts import ActorHeader, VersionQuery
+from rollout.api.problems import ApiProblem
+from rollout.flags.publisher import FlagPublisher
+from rollout.flags.spec import FlagSpec, FlagState
+from rollout.flags.store import FlagStore, StoredFlag
+
+router = APIRouter(prefix="/api/v1", tags=["flags"])
+
+IfMatchHeader = Annotated[str | None, Header(alias="If-Match", description='the version read, e.g. "3"')]
+CommentQuery = Annotated[str | None, Query(max_length=500, description="why, kept with the version")]
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class FlagView(_View):
+    key: str
+    version: int
+    created_at: datetime
+    created_by: str
+    comment: str | None
+    spec: dict[str, Any]
+
+
+class FlagList(_View):
+    items: list[FlagView]
+
+
+def _store(request: Request) -> FlagStore:
+    store: FlagStore = request.app.state.flags
+    return store
+
+
+def _republish(request: Request) -> None:
+    publisher: FlagPublisher = request.app.state.publisher
+    publisher.refresh()
+
+
+def _view(stored: StoredFlag) -> FlagView:
+    return FlagView(key=stored.key, version=stored.version, created_at=stored.created_at,
+                    created_by=stored.created_by, comment=stored.comment, spec=stored.spec.to_document())
+
+
+def _versioned(stored: StoredFlag, status_code: int = 200, location: str | None = None) -> JSONResponse:
+    headers = {"ETag": f'"{stored.version}"'}
+    if location:
+        headers["Location"] = location
+    return JSONResponse(_view(stored).model_dump(mode="json", by_alias=True), status_code=status_code, headers=headers)
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise ApiProblem(
+            400, "invalid-request", "The request is not valid",
+            f"If-Match: {if_match!r} is not a flag version; send the ETag of a GET, e.g. '\"3\"'",
+            [{"in": "header", "field": "If-Match", "message": "expected a version such as \"3\""}],
+        )
+    return int(text)
+
+
+@router.get("/flags", response_model=FlagList, response_model_by_alias=True)
+def list_flags(request: Request) -> FlagList:
+    return FlagList(items=[_view(stored) for stored in _store(request).list_flags()])
+
+
+@router.post("/flags", status_code=status.HTTP_201_CREATED, response_model=FlagView,
+             responses={409: {"description": "a flag with that key exists"}})
+def create_flag(request: Request, spec: FlagSpec, actor: ActorHeader = "anonymous",
+                comment: CommentQuery = None) -> JSONResponse:
+    stored = _store(request).create_flag(spec, actor, comment)
+    _republish(request)
+    return _versioned(stored, 201, f"/api/v1/flags/{stored.key}")
+
+
+@router.get("/flags/{key}", response_model=FlagView)
+def get_flag(request: Request, key: str, version: VersionQuery = None) -> JSONResponse:
+    return _versioned(_store(request).get_flag(key, version))
+
+
+@router.put("/flags/{key}", response_model=FlagView,
+            responses={412: {"description": "If-Match names a version that is no longer current"}})
+def update_flag(request: Request, key: str, spec: FlagSpec, actor: ActorHeader = "anonymous",
+                if_match: IfMatchHeader = None, comment: CommentQuery = None) -> JSONResponse:
+    if spec.key != key:
+        raise ApiProblem(
+            422, "invalid-request", "The request is not valid",
+            f"key: the body names {spec.key!r} but the URL names {key!r}; make them the same",
+            [{"in": "body", "field": "key", "message": f"must be {key!r}, as in the URL"}],
+        )
+    stored = _store(request).update_flag(spec, actor, comment, _expected_version(if_match))
+    _republish(request)
+    return _versioned(stored)
+
+
+@router.get("/flags/{key}/versions", response_model=FlagList)
+def list_versions(request: Request, key: str) -> FlagList:
+    return FlagList(items=[_view(stored) for stored in _store(request).list_versions(key)])
+
+
+def _set_state(request: Request, key: str, state: FlagState, actor: str, if_match: str | None,
+               comment: str | None) -> JSONResponse:
+    stored = _store(request).set_state(key, state, actor, comment, _expected_version(if_match))
+    _republish(request)
+    return _versioned(stored)
+
+
+@router.post("/flags/{key}/enable", response_model=FlagView,
+             responses={412: {"description": "If-Match names a version that is no longer current"}})
+def enable_flag(request: Request, key: str, actor: ActorHeader = "anonymous", if_match: IfMatchHeader = None,
+                comment: CommentQuery = None) -> JSONResponse:
+    """Serve the flag's variants again; a new version unless it is enabled already."""
+    return _set_state(request, key, "ENABLED", actor, if_match, comment)
+
+
+@router.post("/flags/{key}/disable", response_model=FlagView,
+             responses={412: {"description": "If-Match names a version that is no longer current"}})
+def disable_flag(request: Request, key: str, actor: ActorHeader = "anonymous", if_match: IfMatchHeader = None,
+                 comment: CommentQuery = None) -> JSONResponse:
+    """Turn the flag off: every evaluator answers DISABLED and apps use their code default."""
+    return _set_state(request, key, "DISABLED", actor, if_match, comment)
