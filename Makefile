@@ -42,6 +42,7 @@ bench: venv
 	scripts/ensure-postgres
 	$(BIN)/python -m bench.usage_ingest
 	$(BIN)/python -m bench.propagation
+	$(BIN)/python -m bench.provider
 
 clean:
 	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -135,6 +135,16 @@ def scrape(url: str) -> dict[str, float]:
     }
 
 
+def scrape_if_served(url: str) -> dict[str, float] | None:
+    """A scrape, or None while the simulator has not yet started serving a pod it reported Ready."""
+    try:
+        return scrape(url)
+    except urllib.error.HTTPError as answer:
+        if answer.code != 404:
+            raise
+        return None
+
+
 def node(core: client.CoreV1Api, name: str) -> dict[str, Any] | None:
     try:
         found: dict[str, Any] = raw(core.read_node(name, _preload_content=False))
@@ -268,7 +278,7 @@ def test_a_ready_pod_serves_traffic_at_its_annotated_rate_and_error_ratio(
     )
     ready_pod(core, namespace, "web-0")
     url = f"{local_cluster.metrics_url}/pods/{namespace}/web-0/metrics"
-    first = scrape(url)
+    first = eventually(lambda: scrape_if_served(url), "web-0's metrics being served")
     time.sleep(1.5)
     second = scrape(url)
     ok, failed = 'sim_http_requests_total{"code": "200"}', 'sim_http_requests_total{"code": "500"}'
