@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 
+from bench.timing import rate
 from cohorts.assign import UsageQuery, assign, compile_cohort_set
 from cohorts.flagd import flagd_document, ring_flag_key
 from cohorts.rotation import epoch_at
@@ -72,24 +71,6 @@ def contexts(count: int, seed: int) -> list[dict[str, Any]]:
             context["team"] = "staff"
         made.append(context)
     return made
-
-
-def rate(evaluate: Callable[[dict[str, Any]], object], population: list[dict[str, Any]],
-         repeats: int, min_seconds: float) -> float:
-    """Median evaluations per second over `repeats` timed passes."""
-    rates = []
-    for _ in range(repeats):
-        done = 0
-        started = time.perf_counter()
-        while True:
-            for context in population:
-                evaluate(context)
-            done += len(population)
-            elapsed = time.perf_counter() - started
-            if elapsed >= min_seconds:
-                break
-        rates.append(done / elapsed)
-    return statistics.median(rates)
 
 
 def measure(title: str, spec_document: dict[str, Any], usage: frozenset[str],

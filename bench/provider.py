@@ -19,10 +19,7 @@ import argparse
 import json
 import logging
 import random
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +32,7 @@ from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 from ringmaster_flagd import RingmasterProvider
 
+from bench.timing import rate
 from cohorts.assign import compile_cohort_set
 from cohorts.flagd import flagd_document, ring_flag_key
 from cohorts.spec import default_cohort_set
@@ -104,25 +102,6 @@ def contexts(count: int, seed: int) -> list[EvaluationContext]:
             attributes["team"] = "staff"
         made.append(EvaluationContext(f"user-{number:06d}", attributes))
     return made
-
-
-def rate(
-    evaluate: Callable[[EvaluationContext], object], population: list[EvaluationContext], repeats: int, seconds: float
-) -> float:
-    """Median evaluations per second over `repeats` timed passes of at least `seconds` each."""
-    rates = []
-    for _ in range(repeats):
-        done = 0
-        started = time.perf_counter()
-        while True:
-            for context in population:
-                evaluate(context)
-            done += len(population)
-            elapsed = time.perf_counter() - started
-            if elapsed >= seconds:
-                break
-        rates.append(done / elapsed)
-    return statistics.median(rates)
 
 
 def line(label: str, per_second: float, baseline: float | None = None) -> str:

@@ -8,6 +8,8 @@ keys, a busy timeout and WAL, and PostgreSQL always through psycopg 3. The schem
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session
 
 import migrations
 
@@ -113,3 +115,35 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "the migrations package has no revisions"
     return head
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads; nothing it does is committed."""
+    with Session(engine) as session:
+        yield session
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session whose work commits when the block ends and is rolled back if it raises."""
+    with Session(engine) as session, session.begin():
+        yield session
+
+
+def lock_current_version(
+    session: Session, key: InstrumentedAttribute[str], current_version: InstrumentedAttribute[int], value: str
+) -> int | None:
+    """Lock a versioned row for the rest of the transaction and return its current version (None if absent).
+
+    A no-op UPDATE is the one lock both databases take the same way: a row lock in PostgreSQL,
+    the write lock in SQLite. Read-then-write changes after it cannot interleave.
+    """
+    version: int | None = session.scalars(
+        update(key.class_)
+        .where(key == value)
+        .values({current_version: current_version})
+        .returning(current_version)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    return version

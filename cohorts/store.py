@@ -9,8 +9,7 @@ log never misses a change and never records one that did not happen.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -39,7 +38,7 @@ from cohorts.assign import (
     UsageQuery,
     compile_cohort_set,
 )
-from cohorts.db import Base
+from cohorts.db import Base, lock_current_version, read_session, transaction
 from cohorts.errors import CohortSetExists, CohortSetNotFound, OptNotOffered, VersionConflict
 from cohorts.spec import (
     AllOf,
@@ -144,7 +143,7 @@ class CohortStore:
         check_cohort_set(spec)
         now = self._now()
         document = spec.to_document()
-        with self._transaction() as session:
+        with transaction(self.engine) as session:
             try:
                 session.execute(
                     insert(CohortSetRow).values(
@@ -154,9 +153,7 @@ class CohortStore:
             except IntegrityError as error:
                 raise CohortSetExists(spec.name) from error
             self._insert_version(session, spec.name, 1, document, now, actor, comment)
-            self._audit(
-                session, now, actor, "cohort-set.create", _subject(spec.name), None, document
-            )
+            session.add(AuditRow.record(now, actor, "cohort-set.create", _subject(spec.name), None, document))
         return StoredCohortSet(spec.name, 1, spec, now, actor, comment)
 
     def update_set(
@@ -176,7 +173,7 @@ class CohortStore:
         check_cohort_set(spec)
         now = self._now()
         document = spec.to_document()
-        with self._transaction() as session:
+        with transaction(self.engine) as session:
             current = self._lock_set(session, spec.name)
             if expected_version is not None and expected_version != current:
                 raise VersionConflict(spec.name, expected_version, current)
@@ -193,14 +190,12 @@ class CohortStore:
                 .where(CohortSetRow.name == spec.name)
                 .values(current_version=version, updated_at=now)
             )
-            self._audit(
-                session, now, actor, "cohort-set.update", _subject(spec.name), before, document
-            )
+            session.add(AuditRow.record(now, actor, "cohort-set.update", _subject(spec.name), before, document))
         return StoredCohortSet(spec.name, version, spec, now, actor, comment)
 
     def get_set(self, name: str, version: int | None = None) -> StoredCohortSet:
         """The current version of a set, or the given one; raises CohortSetNotFound."""
-        with self._session() as session:
+        with read_session(self.engine) as session:
             return self._read_set(session, name, version)
 
     def list_sets(self) -> list[StoredCohortSet]:
@@ -214,7 +209,7 @@ class CohortStore:
             )
             .order_by(CohortSetRow.name)
         )
-        with self._session() as session:
+        with read_session(self.engine) as session:
             return [_stored(row) for row in session.scalars(query)]
 
     def list_versions(self, name: str) -> list[StoredCohortSet]:
@@ -224,7 +219,7 @@ class CohortStore:
             .where(CohortSetVersionRow.cohort_set == name)
             .order_by(CohortSetVersionRow.version)
         )
-        with self._session() as session:
+        with read_session(self.engine) as session:
             versions = [_stored(row) for row in session.scalars(query)]
         if not versions:
             raise CohortSetNotFound(name)
@@ -241,7 +236,7 @@ class CohortStore:
         """
         _targeting_key.validate_python(targeting_key)
         now = self._now()
-        with self._transaction() as session:
+        with transaction(self.engine) as session:
             self._lock_set(session, name)
             spec = self._read_set(session, name, None).spec
             if (spec.opt_in_ring if choice == "in" else spec.opt_out_ring) is None:
@@ -263,12 +258,12 @@ class CohortStore:
                     .values(**written)
                 )
             after = {"targetingKey": targeting_key, "choice": choice}
-            self._audit(session, now, actor, "cohort-set.set-opt", _subject(name), before, after)
+            session.add(AuditRow.record(now, actor, "cohort-set.set-opt", _subject(name), before, after))
 
     def clear_opt(self, name: str, targeting_key: str, actor: str) -> bool:
         """Forget a user's opt choice; False (and nothing audited) if they had none."""
         now = self._now()
-        with self._transaction() as session:
+        with transaction(self.engine) as session:
             self._lock_set(session, name)
             before = self._opt_choice(session, name, targeting_key)
             if before is None:
@@ -278,12 +273,12 @@ class CohortStore:
                     OptChoiceRow.cohort_set == name, OptChoiceRow.targeting_key == targeting_key
                 )
             )
-            self._audit(session, now, actor, "cohort-set.clear-opt", _subject(name), before, None)
+            session.add(AuditRow.record(now, actor, "cohort-set.clear-opt", _subject(name), before, None))
         return True
 
     def opt_choices(self, name: str) -> dict[str, str]:
         """targeting key -> 'in' or 'out' for a set; raises CohortSetNotFound."""
-        with self._session() as session:
+        with read_session(self.engine) as session:
             return self._read_opt_choices(session, name)
 
     # Usage
@@ -296,7 +291,7 @@ class CohortStore:
         """
         now = self._now()
         rows = batch.rows
-        with self._transaction() as session:
+        with transaction(self.engine) as session:
             connection = session.connection()
             for start in range(0, len(rows), self._ingest_chunk_rows):
                 chunk = rows[start : start + self._ingest_chunk_rows]
@@ -310,21 +305,20 @@ class CohortStore:
                 if metric_values:
                     self._upsert_rows(connection, UsageMetricRow, metric_values, ["value"])
             metrics = sorted({metric for row in rows for metric in row.metrics})
-            self._audit(
-                session,
+            session.add(AuditRow.record(
                 now,
                 actor,
                 "usage.ingest",
                 "usage",
                 None,
                 {"rows": len(rows), "metrics": metrics},
-            )
+            ))
         return len(rows)
 
     def usage_keys(self, query: UsageQuery, now: datetime) -> frozenset[str]:
         """The targeting keys whose usage satisfies `query`; `seen_within` counts from `now`."""
         _require_aware(now)
-        with self._session() as session:
+        with read_session(self.engine) as session:
             return frozenset(self._matching_keys(session, query, now))
 
     def usage_population(self, batch_size: int = 5000) -> Iterator[dict[str, Any]]:
@@ -340,7 +334,7 @@ class CohortStore:
             )
             if after is not None:
                 query = query.where(UsageUserRow.targeting_key > after)
-            with self._session() as session:
+            with read_session(self.engine) as session:
                 page = session.execute(query.limit(batch_size)).all()
             for targeting_key, attributes in page:
                 yield {**attributes, "targetingKey": targeting_key}
@@ -364,7 +358,7 @@ class CohortStore:
         MaterializationLimitExceeded past `max_keys` keys.
         """
         _require_aware(now)
-        with self._session() as session:
+        with read_session(self.engine) as session:
             stored = self._read_set(session, name, version)
             choices = self._read_opt_choices(session, name)
             return compile_cohort_set(
@@ -385,7 +379,7 @@ class CohortStore:
         Every change is audited in its own transaction, so an unchanged marker means nothing that
         compiles into a set (spec, opt choices, usage) has changed since it was read.
         """
-        with self._session() as session:
+        with read_session(self.engine) as session:
             return session.scalar(select(func.coalesce(func.max(AuditRow.id), 0))) or 0
 
     def audit_log(self, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
@@ -393,7 +387,7 @@ class CohortStore:
         query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
         if subject is not None:
             query = query.where(AuditRow.subject == subject)
-        with self._session() as session:
+        with read_session(self.engine) as session:
             return [
                 AuditRecord(
                     row.id, row.at, row.actor, row.action, row.subject, row.before, row.after
@@ -408,30 +402,9 @@ class CohortStore:
         _require_aware(now)
         return now.astimezone(UTC)
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            yield session
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        """A session whose work commits when the block ends and is rolled back if it raises."""
-        with Session(self.engine) as session, session.begin():
-            yield session
-
     def _lock_set(self, session: Session, name: str) -> int:
-        """Lock a set for the rest of the transaction and return its current version.
-
-        A no-op UPDATE is the one lock both databases take the same way: a row lock in PostgreSQL,
-        the write lock in SQLite. Read-then-write changes after it cannot interleave.
-        """
-        current = session.scalars(
-            update(CohortSetRow)
-            .where(CohortSetRow.name == name)
-            .values(current_version=CohortSetRow.current_version)
-            .returning(CohortSetRow.current_version)
-            .execution_options(synchronize_session=False)
-        ).one_or_none()
+        """Lock a set for the rest of the transaction and return its current version."""
+        current = lock_current_version(session, CohortSetRow.name, CohortSetRow.current_version, name)
         if current is None:
             raise CohortSetNotFound(name)
         return current
@@ -489,27 +462,6 @@ class CohortStore:
             )
         )
         return {targeting_key: choice for targeting_key, choice in rows}
-
-    def _audit(
-        self,
-        session: Session,
-        at: datetime,
-        actor: str,
-        action: str,
-        subject: str,
-        before: Mapping[str, Any] | None,
-        after: Mapping[str, Any] | None,
-    ) -> None:
-        session.add(
-            AuditRow(
-                at=at,
-                actor=actor,
-                action=action,
-                subject=subject,
-                before=None if before is None else dict(before),
-                after=None if after is None else dict(after),
-            )
-        )
 
     def _upsert_rows(
         self,

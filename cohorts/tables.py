@@ -7,6 +7,7 @@ read back timezone-aware, on SQLite as on PostgreSQL.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,3 +145,17 @@ class AuditRow(Base):
     # none_as_null: "no before" (a creation) is SQL NULL, not the JSON text 'null'.
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+    @classmethod
+    def record(
+        cls,
+        at: datetime,
+        actor: str,
+        action: str,
+        subject: str,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+    ) -> AuditRow:
+        """One entry, to be added in the same transaction as the change it records."""
+        return cls(at=at, actor=actor, action=action, subject=subject,
+                   before=None if before is None else dict(before), after=None if after is None else dict(after))

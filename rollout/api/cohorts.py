@@ -22,6 +22,7 @@ from cohorts.spec import TOTAL_WEIGHT, CohortSetSpec
 from cohorts.store import AuditRecord, CohortStore, StoredCohortSet
 from cohorts.usage import UsageBatch
 from rollout.api.problems import ApiProblem
+from rollout.api.versions import expected_version, versioned_response
 
 router = APIRouter(prefix="/api/v1", tags=["cohorts"])
 
@@ -121,23 +122,7 @@ def _view(stored: StoredCohortSet) -> CohortSetView:
 
 
 def _versioned(stored: StoredCohortSet, status_code: int = 200, location: str | None = None) -> JSONResponse:
-    headers = {"ETag": f'"{stored.version}"'}
-    if location:
-        headers["Location"] = location
-    return JSONResponse(_view(stored).model_dump(mode="json", by_alias=True), status_code=status_code, headers=headers)
-
-
-def _expected_version(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    text = if_match.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise ApiProblem(
-            400, "invalid-request", "The request is not valid",
-            f"If-Match: {if_match!r} is not a cohort set version; send the ETag of a GET, e.g. '\"3\"'",
-            [{"in": "header", "field": "If-Match", "message": "expected a version such as \"3\""}],
-        )
-    return int(text)
+    return versioned_response(_view(stored), stored.version, status_code, location)
 
 
 @router.get("/cohort-sets", response_model=CohortSetList, response_model_by_alias=True)
@@ -180,7 +165,7 @@ def update_cohort_set(
             f"name: the body names {spec.name!r} but the URL names {name!r}; make them the same",
             [{"in": "body", "field": "name", "message": f"must be {name!r}, as in the URL"}],
         )
-    stored = _store(request).update_set(spec, actor, comment, _expected_version(if_match))
+    stored = _store(request).update_set(spec, actor, comment, expected_version(if_match, "cohort set"))
     return _versioned(stored)
 
 

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from rollout.api.cohorts import ActorHeader, VersionQuery
 from rollout.api.problems import ApiProblem
+from rollout.api.versions import expected_version, versioned_response
 from rollout.flags.publisher import FlagPublisher
 from rollout.flags.spec import FlagSpec, FlagState
 from rollout.flags.store import FlagStore, StoredFlag
@@ -60,23 +61,7 @@ def _view(stored: StoredFlag) -> FlagView:
 
 
 def _versioned(stored: StoredFlag, status_code: int = 200, location: str | None = None) -> JSONResponse:
-    headers = {"ETag": f'"{stored.version}"'}
-    if location:
-        headers["Location"] = location
-    return JSONResponse(_view(stored).model_dump(mode="json", by_alias=True), status_code=status_code, headers=headers)
-
-
-def _expected_version(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    text = if_match.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise ApiProblem(
-            400, "invalid-request", "The request is not valid",
-            f"If-Match: {if_match!r} is not a flag version; send the ETag of a GET, e.g. '\"3\"'",
-            [{"in": "header", "field": "If-Match", "message": "expected a version such as \"3\""}],
-        )
-    return int(text)
+    return versioned_response(_view(stored), stored.version, status_code, location)
 
 
 @router.get("/flags", response_model=FlagList, response_model_by_alias=True)
@@ -108,7 +93,7 @@ def update_flag(request: Request, key: str, spec: FlagSpec, actor: ActorHeader =
             f"key: the body names {spec.key!r} but the URL names {key!r}; make them the same",
             [{"in": "body", "field": "key", "message": f"must be {key!r}, as in the URL"}],
         )
-    stored = _store(request).update_flag(spec, actor, comment, _expected_version(if_match))
+    stored = _store(request).update_flag(spec, actor, comment, expected_version(if_match, "flag"))
     _republish(request)
     return _versioned(stored)
 
@@ -120,7 +105,7 @@ def list_versions(request: Request, key: str) -> FlagList:
 
 def _set_state(request: Request, key: str, state: FlagState, actor: str, if_match: str | None,
                comment: str | None) -> JSONResponse:
-    stored = _store(request).set_state(key, state, actor, comment, _expected_version(if_match))
+    stored = _store(request).set_state(key, state, actor, comment, expected_version(if_match, "flag"))
     _republish(request)
     return _versioned(stored)
 

@@ -8,8 +8,7 @@ id) moves with flag changes too: the publisher and every replica watch that one 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +17,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cohorts.db import lock_current_version, read_session, transaction
 from cohorts.errors import CohortSetNotFound
 from cohorts.store import CohortStore
 from cohorts.tables import AuditRow
@@ -63,14 +63,14 @@ class FlagStore:
         spec = self._check(spec)
         now = self._now()
         document = spec.to_document()
-        with self._transaction() as session:
+        with transaction(self.engine) as session:
             try:
                 session.execute(insert(FlagRow).values(key=spec.key, current_version=1, created_at=now,
                                                        updated_at=now))
             except IntegrityError as error:
                 raise FlagExists(spec.key) from error
             self._insert_version(session, spec.key, 1, document, now, actor, comment)
-            self._audit(session, now, actor, "flag.create", spec.key, None, document)
+            session.add(AuditRow.record(now, actor, "flag.create", subject(spec.key), None, document))
         return StoredFlag(spec.key, 1, spec, now, actor, comment)
 
     def update_flag(
@@ -114,7 +114,7 @@ class FlagStore:
                                & (FlagRow.current_version == FlagVersionRow.version))
         else:
             query = query.where(FlagVersionRow.version == version)
-        with self._session() as session:
+        with read_session(self.engine) as session:
             row = session.scalars(query).one_or_none()
             if row is None:
                 raise FlagNotFound(key, version)
@@ -127,13 +127,13 @@ class FlagStore:
             .join(FlagRow, (FlagRow.key == FlagVersionRow.flag) & (FlagRow.current_version == FlagVersionRow.version))
             .order_by(FlagRow.key)
         )
-        with self._session() as session:
+        with read_session(self.engine) as session:
             return [_stored(row) for row in session.scalars(query)]
 
     def list_versions(self, key: str) -> list[StoredFlag]:
         """Every version of a flag, oldest first; raises FlagNotFound."""
         query = select(FlagVersionRow).where(FlagVersionRow.flag == key).order_by(FlagVersionRow.version)
-        with self._session() as session:
+        with read_session(self.engine) as session:
             versions = [_stored(row) for row in session.scalars(query)]
         if not versions:
             raise FlagNotFound(key)
@@ -164,7 +164,7 @@ class FlagStore:
         When `change` returns None nothing is written and the current version is returned.
         """
         now = self._now()
-        with self._transaction() as session:
+        with transaction(self.engine) as session:
             current_version = self._lock_flag(session, key)
             if expected_version is not None and expected_version != current_version:
                 raise FlagVersionConflict(key, expected_version, current_version)
@@ -177,22 +177,12 @@ class FlagStore:
             version = current_version + 1
             self._insert_version(session, key, version, document, now, actor, comment)
             session.execute(update(FlagRow).where(FlagRow.key == key).values(current_version=version, updated_at=now))
-            self._audit(session, now, actor, action, key, current.spec.to_document(), document)
+            session.add(AuditRow.record(now, actor, action, subject(key), current.spec.to_document(), document))
         return StoredFlag(key, version, spec, now, actor, comment)
 
     def _lock_flag(self, session: Session, key: str) -> int:
-        """Lock a flag for the rest of the transaction and return its current version.
-
-        A no-op UPDATE is the one lock both databases take the same way: a row lock in PostgreSQL,
-        the write lock in SQLite. Read-then-write changes after it cannot interleave.
-        """
-        current = session.scalars(
-            update(FlagRow)
-            .where(FlagRow.key == key)
-            .values(current_version=FlagRow.current_version)
-            .returning(FlagRow.current_version)
-            .execution_options(synchronize_session=False)
-        ).one_or_none()
+        """Lock a flag for the rest of the transaction and return its current version."""
+        current = lock_current_version(session, FlagRow.key, FlagRow.current_version, key)
         if current is None:
             raise FlagNotFound(key)
         return current
@@ -210,36 +200,11 @@ class FlagStore:
         session.execute(insert(FlagVersionRow).values(flag=key, version=version, spec=document, created_at=now,
                                                       created_by=actor, comment=comment))
 
-    def _audit(
-        self,
-        session: Session,
-        at: datetime,
-        actor: str,
-        action: str,
-        key: str,
-        before: Mapping[str, Any] | None,
-        after: Mapping[str, Any] | None,
-    ) -> None:
-        session.add(AuditRow(at=at, actor=actor, action=action, subject=subject(key),
-                             before=None if before is None else dict(before),
-                             after=None if after is None else dict(after)))
-
     def _now(self) -> datetime:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError(f"now={now.isoformat()} has no time zone; pass an aware time, e.g. datetime.now(UTC)")
         return now.astimezone(UTC)
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with Session(self.engine) as session:
-            yield session
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        """A session whose work commits when the block ends and is rolled back if it raises."""
-        with Session(self.engine) as session, session.begin():
-            yield session
 
 
 def _stored(row: FlagVersionRow) -> StoredFlag:
