@@ -33,8 +33,8 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 Scalar = str | int | float | bool
 
 
-def parse_duration_s(text: str) -> int:
-    """'7d' -> 604800. Accepts sequences such as '1h30m'; raises ValueError with the fix."""
+def parse_duration_s(text: str, *, allow_zero: bool = False) -> int:
+    """'7d' -> 604800. Accepts sequences such as '1h30m' (and '0s' with allow_zero); raises ValueError with the fix."""
     position = 0
     total = 0
     for match in _DURATION_PART.finditer(text):
@@ -42,7 +42,7 @@ def parse_duration_s(text: str) -> int:
             break
         total += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
         position = match.end()
-    if position != len(text) or not text or total <= 0:
+    if position != len(text) or not text or total < 0 or (total == 0 and not allow_zero):
         raise ValueError(f"{text!r} is not a duration; use e.g. '30m', '12h', '7d' or '1w'")
     return total
 

@@ -113,6 +113,75 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
 
+@app.command("controller")
+def controller(
+    kubeconfig: Annotated[Path | None, typer.Option(
+        envvar="KUBECONFIG", help="kubeconfig to use; default: in-cluster, else the local control plane's")] = None,
+    namespace: Annotated[str | None, typer.Option(help="watch one namespace; default every namespace")] = None,
+    identity: Annotated[str | None, typer.Option(help="this replica's name in the Lease; default host-pid")] = None,
+    lease_namespace: Annotated[str, typer.Option(envvar="RINGMASTER_LEASE_NAMESPACE")] = "default",
+    lease_name: Annotated[str, typer.Option(envvar="RINGMASTER_LEASE_NAME")] = "ringmaster-controller",
+    lease_duration: Annotated[float, typer.Option(help="seconds a Lease lasts unrenewed", min=1)] = 15.0,
+    renew_deadline: Annotated[float, typer.Option(help="seconds the leader may fail to renew", min=0.5)] = 10.0,
+    retry_period: Annotated[float, typer.Option(help="seconds between election rounds", min=0.1)] = 2.0,
+    workers: Annotated[int, typer.Option(help="Rollouts reconciled at once", min=1, max=64)] = 4,
+    install_crd: Annotated[bool, typer.Option(help="install or update the Rollout CRD first")] = True,
+) -> None:
+    """Reconcile Rollouts: rings, make-before-break StatefulSets, flags. One leader among replicas (a Lease)."""
+    import logging
+    import signal
+
+    from rollout.controller.controller import Controller, ControllerSettings, default_identity
+    from rollout.controller.crd import install_crd as install
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = database_url()
+    upgrade(url)
+    engine = make_engine(url)
+    settings = ControllerSettings(
+        namespace=namespace, identity=identity or default_identity(), lease_namespace=lease_namespace,
+        lease_name=lease_name, lease_duration_s=lease_duration, renew_deadline_s=renew_deadline,
+        retry_period_s=retry_period, workers=workers,
+    )
+    try:
+        with kube_api_client(kubeconfig) as api_client:
+            if install_crd:
+                install(api_client)
+            running = Controller(api_client, engine, settings)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: running.stop())
+            code = running.run()
+    finally:
+        engine.dispose()
+    raise typer.Exit(code)
+
+
+@contextmanager
+def kube_api_client(kubeconfig: Path | None) -> Iterator[Any]:
+    """An API client from a kubeconfig, else in-cluster, else the local control plane's kubeconfig."""
+    from kubernetes import client as kube
+    from kubernetes import config
+
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            from rollout.localcluster.cluster import LocalCluster
+
+            kubeconfig = LocalCluster().kubeconfig
+            if not kubeconfig.exists():
+                raise fail("no kubeconfig: pass --kubeconfig or set KUBECONFIG, run in a cluster, or start the "
+                           "local control plane with `ringmaster localcluster up`") from None
+        else:
+            with kube.ApiClient() as api_client:
+                yield api_client
+            return
+    configuration = kube.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    with kube.ApiClient(configuration) as api_client:
+        yield api_client
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Bring the database schema up to a revision (default: the newest)."""

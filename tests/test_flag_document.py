@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
+from ringmaster_flagd import Evaluator
 
 from cohorts.assign import CompiledCohortSet, assign, compile_cohort_set
 from cohorts.cache import CompiledSetCache
 from cohorts.flagd import ring_logic
-from cohorts.spec import DEFAULT_RINGS, default_cohort_set
+from cohorts.spec import DEFAULT_RINGS, CohortSetSpec, default_cohort_set, parse_cohort_set
 from cohorts.store import CohortStore
 from rollout.flags.document import (
     EVERY_FLAG,
@@ -28,7 +29,7 @@ from rollout.flags.document import (
     select_flags,
 )
 from rollout.flags.errors import InvalidSelector
-from rollout.flags.spec import FlagSpec, parse_flag
+from rollout.flags.spec import FlagSpec, RingSource, parse_flag
 from rollout.flags.store import FlagStore, StoredFlag
 from tests.shared_data import flagd_validator
 
@@ -36,11 +37,12 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 EPOCH = 151
 RINGS = {"default": list(DEFAULT_RINGS)}
 DEFAULT_SET: CompiledCohortSet = compile_cohort_set(default_cohort_set(), version=1, compiled_at=NOW)
-EVALUATORS = {"default": RingEvaluator(DEFAULT_SET.rings, 1, EPOCH, ring_logic(DEFAULT_SET, EPOCH))}
+EVALUATORS = {RingSource("default"): RingEvaluator(DEFAULT_SET.rings, 1, EPOCH, ring_logic(DEFAULT_SET, EPOCH))}
 
 
 def stored(document: dict[str, Any], version: int = 1) -> StoredFlag:
-    return StoredFlag(document["key"], version, parse_flag(document, RINGS), NOW, "ana", None)
+    return StoredFlag(document["key"], version, parse_flag(document, RINGS, {("default", 1): DEFAULT_RINGS}), NOW,
+                      "ana", None)
 
 
 def ring_flag(key: str = "new-checkout", **changes: Any) -> dict[str, Any]:
@@ -209,6 +211,103 @@ def test_compiling_from_the_stores_uses_each_sets_current_version_and_epoch(stor
     core = evaluator_of(document)
     assert core.resolve_boolean_value("new-checkout", False, EvaluationContext("olga")).variant == "on"
     assert list(flagd_validator().iter_errors(document)) == []
+
+
+# Version 2 of the default set pins ana, whom version 1 puts in canary as staff, to laggard.
+def with_ana_pinned_to_laggard() -> CohortSetSpec:
+    return parse_cohort_set({**default_cohort_set().to_document(), "pins": {"laggard": ["ana"]}})
+
+
+PINNED_V2_SET = compile_cohort_set(with_ana_pinned_to_laggard(), version=2, compiled_at=NOW)
+STAFF = {"team": "staff"}
+
+
+def pinned_flag(key: str, version: int | None, epoch: int | None, **changes: Any) -> dict[str, Any]:
+    flag = ring_flag(key, **changes)
+    flag["targeting"]["rings"].update(version=version, epoch=epoch)
+    return flag
+
+
+def variant_of(document: dict[str, Any], key: str, targeting_key: str, attributes: dict[str, Any]) -> str | None:
+    """The variant flagd's FlagdCore serves, checked to be the one the Ringmaster provider serves too."""
+    flagd = evaluator_of(document).resolve_boolean_value(key, False, EvaluationContext(targeting_key, attributes))
+    ringmaster = Evaluator()
+    ringmaster.set_document(document)
+    assert ringmaster.resolve(key, "boolean", False, attributes, targeting_key).variant == flagd.variant
+    return flagd.variant
+
+
+def test_a_pinned_mapping_reads_the_ring_evaluator_of_its_own_version_and_epoch() -> None:
+    evaluators = {
+        RingSource("default"): RingEvaluator(PINNED_V2_SET.rings, 2, EPOCH + 1, ring_logic(PINNED_V2_SET, EPOCH + 1)),
+        RingSource("default", 1, EPOCH): EVALUATORS[RingSource("default")],
+    }
+    document = flags_document([stored(ring_flag("current")), stored(pinned_flag("rollout", 1, EPOCH))], evaluators)
+    rollout = document["flags"]["rollout"]
+    assert rollout["targeting"] == {
+        "if": [{"in": [{"$ref": "ring-default.v1.e151"}, ["canary", "early-adopter"]]}, "on", "off"]}
+    assert (rollout["metadata"]["cohortSetVersion"], rollout["metadata"]["rotationEpoch"]) == (1, EPOCH)
+    current = document["flags"]["current"]["metadata"]
+    assert (current["cohortSetVersion"], current["rotationEpoch"]) == (2, EPOCH + 1)
+    assert document["$evaluators"] == {"ring-default": ring_logic(PINNED_V2_SET, EPOCH + 1),
+                                       "ring-default.v1.e151": ring_logic(DEFAULT_SET, EPOCH)}
+    assert list(flagd_validator().iter_errors(document)) == []
+    assert variant_of(document, "rollout", "ana", STAFF) == "on"
+    assert variant_of(document, "current", "ana", STAFF) == "off"
+
+
+def test_the_document_of_unpinned_flags_does_not_change_when_a_pinned_flag_joins_it() -> None:
+    alone = flags_document([stored(ring_flag())], EVALUATORS)
+    evaluators = {**EVALUATORS, RingSource("default", 1, EPOCH - 3): RingEvaluator(
+        DEFAULT_SET.rings, 1, EPOCH - 3, ring_logic(DEFAULT_SET, EPOCH - 3))}
+    together = flags_document([stored(ring_flag()), stored(pinned_flag("rollout", 1, EPOCH - 3))], evaluators)
+    assert together["flags"]["new-checkout"] == alone["flags"]["new-checkout"]
+    assert together["$evaluators"]["ring-default"] == alone["$evaluators"]["ring-default"]
+    assert flags_document([stored(ring_flag())], evaluators) == alone
+
+
+def test_a_flag_set_selector_serves_a_pinned_flag_with_only_its_pinned_evaluator() -> None:
+    evaluators = {**EVALUATORS, RingSource("default", 1, EPOCH): EVALUATORS[RingSource("default")]}
+    document = flags_document([stored(ring_flag(flagSet="web")),
+                               stored(pinned_flag("rollout", 1, EPOCH, flagSet="rollouts"))], evaluators)
+    selected = select_flags(document, parse_selector("flagSetId=rollouts"))
+    assert set(selected["$evaluators"]) == {"ring-default.v1.e151"}
+    assert list(flagd_validator().iter_errors(selected)) == []
+
+
+def test_a_pinned_flag_keeps_serving_the_pinned_versions_rings_after_the_cohort_set_changes(
+    store: CohortStore,
+) -> None:
+    flags = FlagStore(store.engine, store)
+    flags.create_flag(FlagSpec.model_validate(ring_flag("current")), "ana")
+    flags.create_flag(FlagSpec.model_validate(pinned_flag("rollout", 1, EPOCH)), "ana")
+    store.update_set(with_ana_pinned_to_laggard(), "olga")
+    document = compile_flags(flags, CompiledSetCache(store), NOW)
+    assert variant_of(document, "rollout", "ana", STAFF) == "on"
+    assert variant_of(document, "current", "ana", STAFF) == "off"
+    assert document["flags"]["rollout"]["metadata"]["cohortSetVersion"] == 1
+    assert document["flags"]["current"]["metadata"]["cohortSetVersion"] == 2
+    assert list(flagd_validator().iter_errors(document)) == []
+
+
+def test_a_pinned_epoch_keeps_the_rotating_canary_of_that_epoch(store: CohortStore) -> None:
+    canary_only = {"rings": {"cohortSet": "default", "variants": {"canary": "on"}, "otherwise": "off"}}
+    flags = FlagStore(store.engine, store)
+    flags.create_flag(FlagSpec.model_validate(ring_flag("current", targeting=canary_only)), "ana")
+    flags.create_flag(FlagSpec.model_validate(pinned_flag("rollout", None, EPOCH, targeting=canary_only)), "ana")
+    cache = CompiledSetCache(store)
+    users = [f"user-{number}" for number in range(400)]
+
+    def canary(document: dict[str, Any], key: str) -> set[str]:
+        core = evaluator_of(document)
+        return {user for user in users if core.resolve_boolean_value(key, False, EvaluationContext(user)).value}
+
+    now, weeks_later = compile_flags(flags, cache, NOW), compile_flags(flags, cache, NOW + timedelta(weeks=4))
+    assert weeks_later["flags"]["rollout"]["metadata"]["rotationEpoch"] == EPOCH
+    assert weeks_later["flags"]["current"]["metadata"]["rotationEpoch"] == EPOCH + 4
+    assert "ring-default.v1.e151" in weeks_later["$evaluators"] and canary(now, "rollout")
+    assert canary(weeks_later, "rollout") == canary(now, "rollout") == canary(now, "current")
+    assert canary(weeks_later, "current") != canary(now, "current")
 
 
 def test_every_flag_selector_is_the_default() -> None:

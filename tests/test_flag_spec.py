@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from referencing import Registry, Resource
 
 from rollout.flags.errors import InvalidFlag
-from rollout.flags.spec import FlagSpec, parse_flag
+from rollout.flags.spec import FlagSpec, RingSource, parse_flag
 from rollout.flags.targeting import targeting_problems
 from tests.shared_data import shared_dir
 
@@ -97,6 +97,48 @@ def test_a_mapping_with_no_rings_yet_is_a_flag_nobody_gets() -> None:
     assert spec.cohort_sets() == {"default"}
 
 
+# Version 1 of `default` had a `beta` ring that the current version dropped.
+VERSION_RINGS = {("default", 1): ["canary", "beta", "stable"], ("default", 2): RINGS["default"]}
+
+
+def pinned(version: int | None, epoch: int | None, variants: dict[str, str] | None = None) -> dict[str, Any]:
+    return checkout(targeting={"rings": {"cohortSet": "default", "version": version, "epoch": epoch,
+                                         "variants": variants or {"canary": "on"}, "otherwise": "off"}})
+
+
+def test_a_pinned_mapping_reads_its_version_and_epoch_and_round_trips() -> None:
+    spec = parse_flag(pinned(1, 12), RINGS, VERSION_RINGS)
+    assert (spec.cohort_sets(), spec.ring_sources()) == ({"default"}, {RingSource("default", 1, 12)})
+    assert spec.to_document()["targeting"]["rings"] == {
+        "cohortSet": "default", "version": 1, "epoch": 12, "variants": {"canary": "on"}, "otherwise": "off"}
+    assert parse_flag(spec.to_document(), RINGS, VERSION_RINGS) == spec
+    assert parse_flag(pinned(None, 12), RINGS).ring_sources() == {RingSource("default", None, 12)}
+
+
+def test_an_unpinned_mapping_is_stored_as_before_without_version_or_epoch() -> None:
+    spec = parse_flag(checkout(), RINGS)
+    assert spec.ring_sources() == {RingSource("default")} and not RingSource("default").pinned
+    assert spec.to_document()["targeting"] == checkout()["targeting"]
+
+
+def test_a_pinned_version_must_exist() -> None:
+    with pytest.raises(InvalidFlag) as raised:
+        parse_flag(pinned(7, 12), RINGS, VERSION_RINGS)
+    assert {problem.field: problem.message for problem in raised.value.problems} == {
+        "targeting.rings.version": "cohort set 'default' has no version 7; list its versions with "
+                                   "GET /api/v1/cohort-sets/default/versions, or leave version out for the current one"}
+    assert list(problems_of(pinned(1, None))) == ["targeting.rings.version"]  # no versions known: none exists
+
+
+def test_a_pinned_mapping_names_rings_of_the_pinned_version() -> None:
+    assert parse_flag(pinned(1, None, {"beta": "on"}), RINGS, VERSION_RINGS).cohort_sets() == {"default"}
+    with pytest.raises(InvalidFlag) as raised:
+        parse_flag(pinned(1, None, {"early-adopter": "on"}), RINGS, VERSION_RINGS)
+    assert [problem.field for problem in raised.value.problems] == ["targeting.rings.variants.early-adopter"]
+    assert raised.value.problems[0].message == ("'early-adopter' is not a ring of version 1 of cohort set 'default', "
+                                                "whose rings are ['canary', 'beta', 'stable']")
+
+
 def test_metadata_keys_ringmaster_fills_in_are_reserved() -> None:
     problems = problems_of(checkout(metadata={"flagSetId": "web", "flagVersion": 3, "owner": "ana"}))
     assert set(problems) == {"metadata.flagSetId", "metadata.flagVersion"}
@@ -122,6 +164,9 @@ def test_metadata_values_are_strings_numbers_or_booleans_as_in_flagd() -> None:
         ({"targeting": {"rules": []}}, "targeting"),
         ({"targeting": {"jsonLogic": [1]}}, "targeting.jsonLogic"),
         ({"targeting": {"rings": {"variants": {"canary": "on"}}}}, "targeting.rings.cohortSet"),
+        ({"targeting": {"rings": {"cohortSet": "default", "version": 0}}}, "targeting.rings.version"),
+        ({"targeting": {"rings": {"cohortSet": "default", "epoch": -1}}}, "targeting.rings.epoch"),
+        ({"targeting": {"rings": {"cohortSet": "default", "version": "latest"}}}, "targeting.rings.version"),
     ],
 )
 def test_malformed_fields_are_refused_with_their_path(changes: dict[str, Any], field: str) -> None:

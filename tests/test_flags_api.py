@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from cohorts.spec import default_cohort_set
 from rollout.api.app import create_app
 from rollout.settings import ServiceSettings
 from tests.shared_data import flagd_validator
@@ -145,6 +146,32 @@ def test_ofrep_evaluates_one_flag_with_reason_variant_and_metadata(api: TestClie
                              "metadata": {"owner": "payments", "flagVersion": 1, "flagSetId": "web",
                                           "cohortSet": "default", "cohortSetVersion": 1,
                                           "rotationEpoch": answer.json()["metadata"]["rotationEpoch"]}}
+
+
+def test_a_pinned_flag_serves_the_rings_of_its_cohort_set_version_after_the_set_changes(api: TestClient) -> None:
+    pinned = checkout(key="rollout", targeting={"rings": {"cohortSet": "default", "version": 1,
+                                                          "variants": {"canary": "on"}, "otherwise": "off"}})
+    assert api.post("/api/v1/flags", json=pinned).status_code == 201
+    api.post("/api/v1/flags", json=checkout())
+    # Version 2 pins ana, a canary by the staff rule, to laggard.
+    version_2 = {**default_cohort_set().to_document(), "pins": {"laggard": ["ana"]}}
+    assert api.put("/api/v1/cohort-sets/default", json=version_2).status_code == 200
+    api.app.state.publisher.refresh()  # type: ignore[attr-defined]
+    rollout = api.post("/ofrep/v1/evaluate/flags/rollout", json=STAFF).json()
+    assert (rollout["variant"], rollout["metadata"]["cohortSetVersion"]) == ("on", 1)
+    current = api.post("/ofrep/v1/evaluate/flags/new-checkout", json=STAFF).json()
+    assert (current["variant"], current["metadata"]["cohortSetVersion"]) == ("off", 2)
+    document = api.get("/flagd/v1/flags.json").json()
+    assert {"ring-default", f"ring-default.v1.e{rollout['metadata']['rotationEpoch']}"} == set(document["$evaluators"])
+    assert list(flagd_validator().iter_errors(document)) == []
+
+
+def test_a_pinned_cohort_set_version_that_does_not_exist_is_refused(api: TestClient) -> None:
+    pinned = checkout(targeting={"rings": {"cohortSet": "default", "version": 2, "epoch": 12,
+                                           "variants": {"canary": "on"}}})
+    body = assert_problem(api.post("/api/v1/flags", json=pinned), 422, "targeting.rings.version")
+    assert "list its versions with GET /api/v1/cohort-sets/default/versions" in body["errors"][0]["message"]
+    assert api.get("/api/v1/flags").json()["items"] == []
 
 
 def test_ofrep_answers_a_disabled_flag_without_a_value_so_the_app_uses_its_default(api: TestClient) -> None:

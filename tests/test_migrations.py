@@ -63,7 +63,7 @@ def test_upgrade_downgrade_to_base_and_upgrade_again_leaves_a_fresh_database(
 ) -> None:
     engine = make_engine(database_url)
     try:
-        assert current_revision(engine) == head_revision() == "0002_flags"
+        assert current_revision(engine) == head_revision() == "0003_rollout_history"
         assert set(inspect(engine).get_table_names()) == TABLES
 
         downgrade(database_url, "base")

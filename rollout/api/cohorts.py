@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -16,9 +15,10 @@ from pydantic.alias_generators import to_camel
 
 from cohorts.assign import CompiledCohortSet, assign
 from cohorts.cache import CompiledSetCache
+from cohorts.estimate import ShareEstimate, estimate_shares
 from cohorts.flagd import flagd_document
 from cohorts.rotation import epoch_at
-from cohorts.spec import TOTAL_WEIGHT, CohortSetSpec
+from cohorts.spec import CohortSetSpec
 from cohorts.store import AuditRecord, CohortStore, StoredCohortSet
 from cohorts.usage import UsageBatch
 from rollout.api.problems import ApiProblem
@@ -264,17 +264,13 @@ def explain(
     )
 
 
-def _shares(rings: Iterable[str], counts: Counter[str], population: int) -> list[RingShare]:
-    shares = []
-    cumulative = 0
-    for ring in rings:
-        cumulative += counts[ring]
-        shares.append(RingShare(
-            ring=ring, count=counts[ring],
-            share=counts[ring] / population if population else 0.0,
-            cumulative_share=cumulative / population if population else 0.0,
-        ))
-    return shares
+def _estimate_view(estimate: ShareEstimate) -> Estimate:
+    return Estimate(
+        cohort_set=estimate.cohort_set, version=estimate.version, epoch=estimate.epoch, source=estimate.source,
+        population=estimate.population,
+        rings=[RingShare(ring=share.ring, count=share.count, share=share.share,
+                         cumulative_share=share.cumulative_share) for share in estimate.rings],
+    )
 
 
 @router.get("/cohort-sets/{name}/estimate", response_model=Estimate, response_model_by_alias=True)
@@ -288,25 +284,11 @@ def estimate(
     """Each ring's share of the stored usage population, of the keys given, or else of the split."""
     compiled = _compiled(request, name, version)
     chosen_epoch = _epoch(compiled, epoch)
-    contexts: Iterable[dict[str, Any]] = (
-        ({"targetingKey": key} for key in keys) if keys else _store(request).usage_population()
-    )
-    counts = Counter(assign(compiled, context, chosen_epoch).ring for context in contexts)
-    population = sum(counts.values())
-    source: Literal["usage", "keys", "configured"] = "keys" if keys else "usage"
-    rings = _shares(compiled.rings, counts, population)
-    if population == 0 and compiled.split is not None:
-        # No one to count yet: fall back on what the split is configured to give.
-        source = "configured"
-        weights = dict(compiled.split.rotating + compiled.split.static)
-        cumulative = 0
-        rings = []
-        for ring in compiled.rings:
-            cumulative += weights.get(ring, 0)
-            rings.append(RingShare(ring=ring, count=0, share=weights.get(ring, 0) / TOTAL_WEIGHT,
-                                   cumulative_share=cumulative / TOTAL_WEIGHT))
-    return Estimate(cohort_set=name, version=compiled.version, epoch=chosen_epoch, source=source,
-                    population=population, rings=rings)
+    if keys:
+        contexts: Iterable[Mapping[str, Any]] = ({"targetingKey": key} for key in keys)
+        return _estimate_view(estimate_shares(compiled, contexts, chosen_epoch, source="keys"))
+    population = _store(request).usage_population()
+    return _estimate_view(estimate_shares(compiled, population, chosen_epoch, source="usage"))
 
 
 @router.get("/cohort-sets/{name}/flagd", responses={200: {"description": "a flagd flag-definition document"},

@@ -3,9 +3,11 @@
 A ring-mapped flag compiles to an `if` chain over its cohort set's ring evaluator,
 `{"if": [{"in": [{"$ref": "ring-default"}, ["canary", "early-adopter"]]}, "on", "off"]}`, with
 `$evaluators["ring-default"]` the ring logic `cohorts.flagd.ring_logic` writes for the set's
-current rotation epoch. Raw JsonLogic targeting is served as written. The document is valid
-against flagd's flags.json schema and is a function of what evaluates and nothing else, so its
-content hash is its ETag and equal hashes mean equal behaviour.
+current version and rotation epoch. A mapping that pins a version or epoch reads an evaluator of
+its own, `ring-default.v3.e12`, the set's ring logic at that version and epoch (a cohort set's
+name has no dot, so it names no set's current evaluator). Raw JsonLogic targeting is served as
+written. The document is valid against flagd's flags.json schema and is a function of what
+evaluates and nothing else, so its content hash is its ETag and equal hashes mean equal behaviour.
 
 `flags_document` and `select_flags` are pure; `compile_flags` reads the stores (through the
 compiled-set cache) and calls them.
@@ -25,7 +27,7 @@ from cohorts.flagd import FLAGD_SCHEMA_URL, ring_flag_key, ring_logic
 from cohorts.matchers import JsonLogic
 from cohorts.rotation import epoch_at
 from rollout.flags.errors import InvalidSelector
-from rollout.flags.spec import JsonLogicTargeting, RingTargeting, RingVariants
+from rollout.flags.spec import JsonLogicTargeting, RingSource, RingTargeting, RingVariants
 from rollout.flags.store import FlagStore, StoredFlag
 from rollout.flags.targeting import references
 
@@ -34,7 +36,7 @@ ETAG_HEX_DIGITS = 32
 
 @dataclass(frozen=True)
 class RingEvaluator:
-    """A cohort set's ring logic as of one rotation epoch, with what a flag's metadata reports of it."""
+    """A cohort set's ring logic at one version and rotation epoch, with what a flag's metadata reports of it."""
 
     rings: tuple[str, ...]
     version: int
@@ -64,16 +66,22 @@ class Selector:
 EVERY_FLAG = Selector()
 
 
-def ring_targeting(mapping: RingVariants, rings: Sequence[str]) -> JsonLogic:
-    """The `if` chain that gives each ring its variant, rings in release order.
+def evaluator_name(source: RingSource, evaluator: RingEvaluator) -> str:
+    """`ring-<set>` for a set's current ring logic, `ring-<set>.v<version>.e<epoch>` for a pinned one."""
+    name = ring_flag_key(source.cohort_set)
+    return f"{name}.v{evaluator.version}.e{evaluator.epoch}" if source.pinned else name
 
-    Rings the cohort set no longer has are left out: they would never match.
+
+def ring_targeting(mapping: RingVariants, evaluator: str, rings: Sequence[str]) -> JsonLogic:
+    """The `if` chain over the named ring evaluator that gives each ring its variant, rings in release order.
+
+    Rings the cohort set (at the version evaluated) does not have are left out: they would never match.
     """
     rings_by_variant: dict[str, list[str]] = {}
     for ring in rings:
         if ring in mapping.variants:
             rings_by_variant.setdefault(mapping.variants[ring], []).append(ring)
-    reference = {"$ref": ring_flag_key(mapping.cohort_set)}
+    reference = {"$ref": evaluator}
     branches: list[Any] = []
     for variant, variant_rings in rings_by_variant.items():
         branches += [{"in": [reference, variant_rings]}, variant]
@@ -81,7 +89,7 @@ def ring_targeting(mapping: RingVariants, rings: Sequence[str]) -> JsonLogic:
     return {"if": [*branches, mapping.otherwise]}
 
 
-def flag_definition(stored: StoredFlag, evaluators: Mapping[str, RingEvaluator]) -> dict[str, Any]:
+def flag_definition(stored: StoredFlag, evaluators: Mapping[RingSource, RingEvaluator]) -> dict[str, Any]:
     """One flag as flagd defines it: state, variants, defaultVariant, targeting, metadata."""
     spec = stored.spec
     metadata: dict[str, Any] = {**spec.metadata, "flagVersion": stored.version}
@@ -94,8 +102,8 @@ def flag_definition(stored: StoredFlag, evaluators: Mapping[str, RingEvaluator])
     }
     if isinstance(spec.targeting, RingTargeting):
         mapping = spec.targeting.rings
-        evaluator = evaluators[mapping.cohort_set]
-        definition["targeting"] = ring_targeting(mapping, evaluator.rings)
+        evaluator = evaluators[mapping.source]
+        definition["targeting"] = ring_targeting(mapping, evaluator_name(mapping.source, evaluator), evaluator.rings)
         metadata.update(cohortSet=mapping.cohort_set, cohortSetVersion=evaluator.version,
                         rotationEpoch=evaluator.epoch)
     elif isinstance(spec.targeting, JsonLogicTargeting) and spec.targeting.json_logic:
@@ -104,18 +112,19 @@ def flag_definition(stored: StoredFlag, evaluators: Mapping[str, RingEvaluator])
     return definition
 
 
-def flags_document(flags: Sequence[StoredFlag], evaluators: Mapping[str, RingEvaluator]) -> dict[str, Any]:
-    """Every flag in one flagd document, with the ring evaluator of each cohort set a flag uses.
+def flags_document(flags: Sequence[StoredFlag], evaluators: Mapping[RingSource, RingEvaluator]) -> dict[str, Any]:
+    """Every flag in one flagd document, with each ring evaluator a flag uses.
 
-    `evaluators` maps a cohort set's name to its evaluator and must hold every set a ring-mapped flag uses.
+    `evaluators` must hold the source of every ring mapping (`RingVariants.source`):
+    `RingSource("default")` is the set's current ring logic, `RingSource("default", 3, 12)` a pinned one.
     """
     definitions = {stored.key: flag_definition(stored, evaluators) for stored in sorted(flags, key=lambda f: f.key)}
     document: dict[str, Any] = {"$schema": FLAGD_SCHEMA_URL, "flags": definitions}
     # Only evaluators some targeting refers to: a set's pins and opt-ins are no one else's business.
     used = set().union(*(references(definition.get("targeting")) for definition in definitions.values()))
-    shared = {ring_flag_key(name): evaluator.logic for name, evaluator in sorted(evaluators.items())}
+    shared = {evaluator_name(source, evaluator): evaluator.logic for source, evaluator in evaluators.items()}
     if used:
-        document["$evaluators"] = {name: logic for name, logic in shared.items() if name in used}
+        document["$evaluators"] = {name: shared[name] for name in sorted(used) if name in shared}
     return document
 
 
@@ -158,11 +167,13 @@ def render(document: Mapping[str, Any]) -> Rendering:
 
 
 def compile_flags(flag_store: FlagStore, compiled_sets: CompiledSetCache, now: datetime) -> dict[str, Any]:
-    """The document for the flags stored now, each cohort set at its current rotation epoch."""
+    """The document for the flags stored now, each ring evaluator at its pinned or else current version and epoch."""
     flags = flag_store.list_flags()
-    evaluators: dict[str, RingEvaluator] = {}
-    for name in sorted(set().union(*(stored.spec.cohort_sets() for stored in flags))):
-        compiled = compiled_sets.get(name)
-        epoch = epoch_at(compiled.split.rotation if compiled.split else None, now)
-        evaluators[name] = RingEvaluator(compiled.rings, compiled.version, epoch, ring_logic(compiled, epoch))
+    evaluators: dict[RingSource, RingEvaluator] = {}
+    for source in set().union(*(stored.spec.ring_sources() for stored in flags)):
+        compiled = compiled_sets.get(source.cohort_set, source.version)
+        epoch = source.epoch
+        if epoch is None:
+            epoch = epoch_at(compiled.split.rotation if compiled.split else None, now)
+        evaluators[source] = RingEvaluator(compiled.rings, compiled.version, epoch, ring_logic(compiled, epoch))
     return flags_document(flags, evaluators)

@@ -2,8 +2,9 @@
 
 Targeting is one of two forms. A ring mapping says which variant each ring of a cohort set gets,
 `{"rings": {"cohortSet": "default", "variants": {"canary": "on"}, "otherwise": "off"}}`, and is
-what a rollout changes as it promotes rings. Raw flagd targeting, `{"jsonLogic": {...}}`, is any
-flagd rule; it may read a user's ring with `{"$ref": "ring-<cohort set>"}`.
+what a rollout changes as it promotes rings; it may pin the set's `version` and rotation `epoch`
+so no user changes ring mid-rollout. Raw flagd targeting, `{"jsonLogic": {...}}`, is any flagd
+rule; it may read a user's ring with `{"$ref": "ring-<cohort set>"}`.
 
 A spec is plain data (pydantic models). `check_flag` finds what pydantic cannot see field by field
 (a variant of the wrong type, a ring the cohort set does not have, a default that is no variant) and
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from pydantic.alias_generators import to_camel
@@ -46,6 +47,18 @@ _TYPE_WORDS: dict[str, str] = {
 }
 
 
+class RingSource(NamedTuple):
+    """The ring logic a flag reads: a cohort set at a version and rotation epoch, None meaning the current one."""
+
+    cohort_set: str
+    version: int | None = None
+    epoch: int | None = None
+
+    @property
+    def pinned(self) -> bool:
+        return self.version is not None or self.epoch is not None
+
+
 class _Model(BaseModel):
     # camelCase on the wire, like Kubernetes, flagd and OpenFeature; snake_case in Python.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel)
@@ -55,10 +68,18 @@ class RingVariants(_Model):
     """Which variant each ring of a cohort set gets; rings not listed get `otherwise`."""
 
     cohort_set: str = Field(pattern=NAME_PATTERN, description="the cohort set whose rings are mapped")
+    version: int | None = Field(
+        default=None, ge=1, description="the cohort set version rings are evaluated with; none means the current one"
+    )
+    epoch: int | None = Field(default=None, ge=0, description="the rotation epoch; none means the current one")
     variants: dict[str, str] = Field(default_factory=dict, description="ring -> variant")
     otherwise: str | None = Field(
         default=None, description="variant of every other ring; none means the flag's defaultVariant"
     )
+
+    @property
+    def source(self) -> RingSource:
+        return RingSource(self.cohort_set, self.version, self.epoch)
 
 
 class RingTargeting(_Model):
@@ -107,11 +128,15 @@ class FlagSpec(_Model):
 
     def cohort_sets(self) -> set[str]:
         """The cohort sets whose rings this flag's targeting reads."""
+        return {source.cohort_set for source in self.ring_sources()}
+
+    def ring_sources(self) -> set[RingSource]:
+        """The ring logic this flag's targeting reads; raw targeting reads each set's current one."""
         if isinstance(self.targeting, RingTargeting):
-            return {self.targeting.rings.cohort_set}
+            return {self.targeting.rings.source}
         if isinstance(self.targeting, JsonLogicTargeting):
             return {
-                name.removeprefix(RING_EVALUATOR_PREFIX)
+                RingSource(name.removeprefix(RING_EVALUATOR_PREFIX))
                 for name in references(self.targeting.json_logic)
                 if name.startswith(RING_EVALUATOR_PREFIX)
             }
@@ -138,11 +163,17 @@ def _is_metadata_value(value: Any) -> bool:
     return isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value))
 
 
-def check_flag(spec: FlagSpec, cohort_rings: Mapping[str, Sequence[str]]) -> FlagSpec:
+def check_flag(
+    spec: FlagSpec,
+    cohort_rings: Mapping[str, Sequence[str]],
+    version_rings: Mapping[tuple[str, int], Sequence[str]] | None = None,
+) -> FlagSpec:
     """Raise InvalidFlag naming every cross-field problem; return the spec, float variants as floats.
 
-    `cohort_rings` holds the rings of every cohort set that exists (at least of those the flag
-    names); a set missing from it does not exist.
+    `cohort_rings` holds the current rings of every cohort set that exists (at least of those the
+    flag names); a set missing from it does not exist. `version_rings` holds the rings of each
+    (cohort set, version) that exists, at least of the version a ring mapping pins; a pinned
+    version missing from it (or every one, when it is not given) does not exist.
     """
     problems: list[SpecProblem] = []
     variants = spec.variants
@@ -162,7 +193,7 @@ def check_flag(spec: FlagSpec, cohort_rings: Mapping[str, Sequence[str]]) -> Fla
             fix = "set flagSet instead" if key == "flagSetId" else "Ringmaster fills it in; choose another name"
             problems.append(SpecProblem(f"metadata.{key}", f"{key!r} is reserved: {fix}"))
     if isinstance(spec.targeting, RingTargeting):
-        problems += _ring_problems(spec.targeting.rings, variants, cohort_rings)
+        problems += _ring_problems(spec.targeting.rings, variants, cohort_rings, version_rings or {})
     elif isinstance(spec.targeting, JsonLogicTargeting):
         problems += _json_logic_problems(spec.targeting.json_logic, variants, cohort_rings)
 
@@ -180,17 +211,29 @@ def _variant_problems(field: str, variant: str | None, variants: Mapping[str, An
 
 
 def _ring_problems(
-    mapping: RingVariants, variants: Mapping[str, Any], cohort_rings: Mapping[str, Sequence[str]]
+    mapping: RingVariants,
+    variants: Mapping[str, Any],
+    cohort_rings: Mapping[str, Sequence[str]],
+    version_rings: Mapping[tuple[str, int], Sequence[str]],
 ) -> list[SpecProblem]:
     problems: list[SpecProblem] = []
+    cohort_set = f"cohort set {mapping.cohort_set!r}"
     rings = cohort_rings.get(mapping.cohort_set)
     if rings is None:
-        problems.append(SpecProblem("targeting.rings.cohortSet", f"cohort set {mapping.cohort_set!r} does not exist; "
+        problems.append(SpecProblem("targeting.rings.cohortSet", f"{cohort_set} does not exist; "
                                                                  "list them with `ringmaster cohort list`"))
+    elif mapping.version is not None:
+        # The rings mapped are those of the version the mapping is evaluated with, not the current one's.
+        rings = version_rings.get((mapping.cohort_set, mapping.version))
+        if rings is None:
+            problems.append(SpecProblem("targeting.rings.version", f"{cohort_set} has no version {mapping.version}; "
+                                        f"list its versions with GET /api/v1/cohort-sets/{mapping.cohort_set}/"
+                                        "versions, or leave version out for the current one"))
+        cohort_set = f"version {mapping.version} of {cohort_set}"
     for ring, variant in mapping.variants.items():
         field = f"targeting.rings.variants.{ring}"
         if rings is not None and ring not in rings:
-            problems.append(SpecProblem(field, f"{ring!r} is not a ring of cohort set {mapping.cohort_set!r}, "
+            problems.append(SpecProblem(field, f"{ring!r} is not a ring of {cohort_set}, "
                                                f"whose rings are {list(rings)}"))
         problems += _variant_problems(field, variant, variants)
     problems += _variant_problems("targeting.rings.otherwise", mapping.otherwise, variants)
@@ -221,6 +264,10 @@ def _json_logic_problems(
     return problems
 
 
-def parse_flag(document: Any, cohort_rings: Mapping[str, Sequence[str]]) -> FlagSpec:
+def parse_flag(
+    document: Any,
+    cohort_rings: Mapping[str, Sequence[str]],
+    version_rings: Mapping[tuple[str, int], Sequence[str]] | None = None,
+) -> FlagSpec:
     """Validate a flag given as JSON data; raises pydantic's ValidationError or InvalidFlag."""
-    return check_flag(FlagSpec.model_validate(document), cohort_rings)
+    return check_flag(FlagSpec.model_validate(document), cohort_rings, version_rings)

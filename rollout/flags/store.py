@@ -143,12 +143,17 @@ class FlagStore:
 
     def _check(self, spec: FlagSpec) -> FlagSpec:
         rings: dict[str, Sequence[str]] = {}
-        for name in spec.cohort_sets():
+        version_rings: dict[tuple[str, int], Sequence[str]] = {}
+        for source in spec.ring_sources():
+            # check_flag names the field that refers to a set or version that does not exist.
             try:
-                rings[name] = self._cohorts.get_set(name).spec.rings
+                rings[source.cohort_set] = self._cohorts.get_set(source.cohort_set).spec.rings
+                if source.version is not None:
+                    pinned = self._cohorts.get_set(source.cohort_set, source.version)
+                    version_rings[source.cohort_set, source.version] = pinned.spec.rings
             except CohortSetNotFound:
-                continue  # check_flag names the field that refers to it
-        return check_flag(spec, rings)
+                continue
+        return check_flag(spec, rings, version_rings)
 
     def _write_version(
         self,

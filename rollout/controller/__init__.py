@@ -1,0 +1,1 @@
+"""The Rollout controller: observe → plan → act."""

@@ -1,0 +1,217 @@
+"""The imperative shell's hands: write a plan's status, then execute its actions, in order.
+
+Every Kubernetes write carries a precondition (the resourceVersion the plan read, or the uid), so a
+write planned on a stale view, or sent by a controller that lost the Lease, fails instead of undoing
+newer work. A failed write stops the plan; the reconcile is retried from freshly observed state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from rollout.controller.actions import (
+    Action,
+    ClearRequest,
+    CreateStatefulSet,
+    DeleteStatefulSet,
+    RecordEvent,
+    ScaleStatefulSet,
+    SetFlagRings,
+)
+from rollout.controller.history import HistoryEntry, RolloutHistory
+from rollout.controller.observed import REQUEST_ANNOTATION, RolloutView
+from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
+from rollout.controller.status import RolloutStatus
+from rollout.flags.errors import FlagNotFound
+from rollout.flags.spec import FlagSpec, RingTargeting, RingVariants
+from rollout.flags.store import FlagStore
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "ringmaster-controller"
+# A test hook: the crash-safety test makes the controller SIGKILL itself after this many writes.
+KILL_AFTER_WRITES_ENV = "RINGMASTER_FAULT_KILL_AFTER_WRITES"
+REQUEST_TIMEOUT_S = 10.0
+JSON_PATCH = "application/json-patch+json"
+
+
+class StaleWrite(Exception):
+    """A precondition failed: what the plan was based on has changed, or this controller is not the leader."""
+
+
+class Executor:
+    def __init__(
+        self,
+        api_client: Any,
+        flag_store: FlagStore,
+        history: RolloutHistory,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.flag_store = flag_store
+        self.history = history
+        self.is_leader = is_leader
+        self.clock = clock
+        self.writes = 0
+        self.api_requests = 0
+        kill_after = os.environ.get(KILL_AFTER_WRITES_ENV)
+        self.kill_after_writes = int(kill_after) if kill_after else None
+
+    def _wrote(self) -> None:
+        self.writes += 1
+        if self.kill_after_writes is not None and self.writes >= self.kill_after_writes:
+            log.warning("fault injection: killing the controller after %d writes", self.writes)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _fence(self) -> None:
+        if not self.is_leader():
+            raise StaleWrite("this controller does not hold the Lease; the leader does the writing")
+
+    def write_status(self, rollout: RolloutView, status: RolloutStatus) -> dict[str, Any]:
+        """Record `status` if the Rollout is still at the resourceVersion the plan read; returns the object."""
+        self._fence()
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+            "metadata": {"name": rollout.name, "namespace": rollout.namespace,
+                         "resourceVersion": rollout.resource_version},
+            "status": status.to_wire(),
+        }
+        self.api_requests += 1
+        try:
+            written: dict[str, Any] = self.custom.replace_namespaced_custom_object_status(
+                GROUP, VERSION, rollout.namespace, PLURAL, rollout.name, body, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status in (404, 409):
+                raise StaleWrite(f"status of {rollout.key}: {error.reason}") from error
+            raise
+        self._wrote()
+        return written
+
+    def execute(self, rollout: RolloutView, action: Action) -> None:
+        self._fence()
+        if isinstance(action, CreateStatefulSet):
+            self._create(rollout, action)
+        elif isinstance(action, ScaleStatefulSet):
+            self._scale(rollout, action)
+        elif isinstance(action, DeleteStatefulSet):
+            self._delete(rollout, action)
+        elif isinstance(action, SetFlagRings):
+            self._set_flag(rollout, action)
+        elif isinstance(action, RecordEvent):
+            self._record(rollout, action)
+            return  # an Event is no step of the rollout: no fault is injected after it
+        elif isinstance(action, ClearRequest):
+            self._clear_request(rollout, action)
+        self._wrote()
+
+    def _create(self, rollout: RolloutView, action: CreateStatefulSet) -> None:
+        self.api_requests += 1
+        try:
+            self.apps.create_namespaced_stateful_set(rollout.namespace, dict(action.manifest),
+                                                     _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status != 409:  # already there: an earlier attempt created it
+                raise
+        log.info("%s: created StatefulSet %s", rollout.key, action.name)
+
+    def _scale(self, rollout: RolloutView, action: ScaleStatefulSet) -> None:
+        patch = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": action.resource_version},
+            {"op": "replace", "path": "/spec/replicas", "value": action.replicas},
+        ]
+        self.api_requests += 1
+        try:
+            self.apps.patch_namespaced_stateful_set(action.name, rollout.namespace, patch,
+                                                    _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status in (404, 409, 422):
+                raise StaleWrite(f"StatefulSet {action.name} changed since it was read") from error
+            raise
+        log.info("%s: scaled StatefulSet %s to %d", rollout.key, action.name, action.replicas)
+
+    def _delete(self, rollout: RolloutView, action: DeleteStatefulSet) -> None:
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=action.uid, resource_version=action.resource_version),
+            propagation_policy="Background",
+        )
+        self.api_requests += 1
+        try:
+            self.apps.delete_namespaced_stateful_set(action.name, rollout.namespace, body=options,
+                                                     _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            if error.status == 409:
+                raise StaleWrite(f"StatefulSet {action.name} changed since it was read") from error
+            raise
+        log.info("%s: deleted StatefulSet %s", rollout.key, action.name)
+
+    def _set_flag(self, rollout: RolloutView, action: SetFlagRings) -> None:
+        targeting = RingTargeting(rings=RingVariants(
+            cohort_set=action.cohort_set, version=action.version, epoch=action.epoch,
+            variants=dict.fromkeys(action.on_rings, action.on_variant), otherwise=action.off_variant,
+        ))
+        actor = f"rollout/{rollout.namespace}/{rollout.name}"
+        comment = f"on for {', '.join(action.on_rings) or 'no ring'}"
+        try:
+            current = self.flag_store.get_flag(action.key)
+        except FlagNotFound:
+            spec = FlagSpec(
+                key=action.key, type="boolean", variants={action.on_variant: True, action.off_variant: False},
+                default_variant=action.off_variant, targeting=targeting,
+                description=f"released ring by ring by Rollout {rollout.namespace}/{rollout.name}",
+            )
+            self.flag_store.create_flag(spec, actor, comment)
+        else:
+            spec = current.spec.model_copy(update={"targeting": targeting})
+            self.flag_store.update_flag(spec, actor, comment, expected_version=current.version)
+        log.info("%s: flag %s %s", rollout.key, action.key, comment)
+
+    def _record(self, rollout: RolloutView, action: RecordEvent) -> None:
+        now = self.clock()
+        if action.sequence is not None:
+            self.history.record(HistoryEntry(
+                at=now, namespace=rollout.namespace, name=rollout.name, rollout_uid=rollout.uid,
+                sequence=action.sequence, reason=action.reason, type=action.type, revision=action.revision,
+                ring=action.ring, message=action.message,
+            ))
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{rollout.name}.{secrets.token_hex(8)}", "namespace": rollout.namespace},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": rollout.name,
+                               "namespace": rollout.namespace, "uid": rollout.uid},
+            "reason": action.reason, "message": action.message[:1024], "type": action.type,
+            "source": {"component": COMPONENT}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        self.api_requests += 1
+        try:
+            self.core.create_namespaced_event(rollout.namespace, event, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            # An Event is a courtesy; the status and the database hold the record.
+            log.warning("%s: event %s not recorded: %s", rollout.key, action.reason, error.reason)
+
+    def _clear_request(self, rollout: RolloutView, action: ClearRequest) -> None:
+        path = "/metadata/annotations/" + REQUEST_ANNOTATION.replace("~", "~0").replace("/", "~1")
+        patch = [{"op": "test", "path": path, "value": action.value}, {"op": "remove", "path": path}]
+        self.api_requests += 1
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, rollout.namespace, PLURAL, rollout.name, patch,
+                _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status not in (404, 409, 422):  # already gone or replaced by a newer request
+                raise

@@ -1,0 +1,172 @@
+"""`ringmaster controller`: the process that watches Rollouts and StatefulSets and reconciles them.
+
+Informers (list, then watch) fill caches in every replica, so a standby is warm; a Lease elects the
+one leader that runs the workers. Events feed a level-triggered work queue that never hands one
+Rollout to two workers at once; a failed reconcile is retried with exponential backoff, a bake
+timer is a delayed requeue, and the informers' periodic resync is the safety net. On SIGTERM the
+workers finish, the Lease is released (a rolling restart hands over at once) and the process exits.
+Losing the Lease stops the workers, and the process exits non-zero so its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from cohorts.cache import CompiledSetCache
+from cohorts.store import CohortStore
+from rollout.controller.act import Executor, StaleWrite
+from rollout.controller.history import RolloutHistory
+from rollout.controller.leader import LeaderElector
+from rollout.controller.reactor import Informer, ResourceKind
+from rollout.controller.reconciler import Reconciler
+from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
+from rollout.controller.workqueue import WorkQueue
+from rollout.flags.store import FlagStore
+
+log = logging.getLogger(__name__)
+
+ROLLOUTS = ResourceKind(GROUP, VERSION, PLURAL)
+STATEFULSETS = ResourceKind("apps", "v1", "statefulsets")
+EXIT_LOST_LEASE = 3
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    namespace: str | None = None
+    identity: str = ""
+    lease_namespace: str = "default"
+    lease_name: str = "ringmaster-controller"
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+    workers: int = 4
+    resync_s: float = 300.0
+    watch_timeout_s: int = 300
+
+
+class Controller:
+    def __init__(self, api_client: Any, engine: Engine, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.queue = WorkQueue()
+        self.rollouts = Informer(api_client, ROLLOUTS, self._on_rollout, namespace=settings.namespace,
+                                 resync_s=settings.resync_s, watch_timeout_s=settings.watch_timeout_s,
+                                 request_timeout_s=settings.watch_timeout_s + 30, name="rollouts")
+        self.statefulsets = Informer(api_client, STATEFULSETS, self._on_statefulset, namespace=settings.namespace,
+                                     resync_s=settings.resync_s, watch_timeout_s=settings.watch_timeout_s,
+                                     request_timeout_s=settings.watch_timeout_s + 30, name="statefulsets")
+        self.stop_event = threading.Event()
+        self.lost_lease = threading.Event()
+        self.elector = LeaderElector(
+            api_client, namespace=settings.lease_namespace, name=settings.lease_name,
+            identity=settings.identity or default_identity(), lease_duration_s=settings.lease_duration_s,
+            renew_deadline_s=settings.renew_deadline_s, retry_period_s=settings.retry_period_s,
+            on_stopped_leading=self._on_stopped_leading,
+        )
+        cohort_store = CohortStore(engine)
+        flag_store = FlagStore(engine)
+        self.executor = Executor(api_client, flag_store, RolloutHistory(engine), is_leader=self.elector.is_leader)
+        self.reconciler = Reconciler(
+            rollout_of=self.rollouts.get, statefulsets_in=lambda namespace: self.statefulsets.list(namespace),
+            cohort_store=cohort_store, compiled_sets=CompiledSetCache(cohort_store), flag_store=flag_store,
+            executor=self.executor,
+        )
+        self._workers: list[threading.Thread] = []
+
+    # Events into the queue
+
+    def _on_rollout(self, _event: str, obj: Mapping[str, Any]) -> None:
+        metadata = obj.get("metadata", {})
+        self.queue.add(f"{metadata.get('namespace')}/{metadata.get('name')}")
+
+    def _on_statefulset(self, _event: str, obj: Mapping[str, Any]) -> None:
+        metadata = obj.get("metadata", {})
+        namespace = metadata.get("namespace", "")
+        name = metadata.get("name")
+        for owner in metadata.get("ownerReferences") or []:
+            if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(f"{GROUP}/"):
+                self.queue.add(f"{namespace}/{owner.get('name')}")
+        # The user's own StatefulSet has no owner: find the Rollouts that name it.
+        for rollout in self.rollouts.list(namespace):
+            spec = rollout.get("spec") or {}
+            status = rollout.get("status") or {}
+            if name in (spec.get("statefulSetName"), status.get("stableStatefulSet"), status.get("newStatefulSet")):
+                self.queue.add(f"{namespace}/{rollout['metadata']['name']}")
+
+    def _on_stopped_leading(self) -> None:
+        if not self.stop_event.is_set():
+            log.error("lost the Lease %s/%s: stopping the workers", self.settings.lease_namespace,
+                      self.settings.lease_name)
+            self.lost_lease.set()
+            self.stop_event.set()
+
+    # The loop
+
+    def run(self) -> int:
+        """Run until `stop()` (exit code 0) or until the Lease is lost (EXIT_LOST_LEASE)."""
+        self.rollouts.start()
+        self.statefulsets.start()
+        self.elector.start()
+        log.info("controller %s: campaigning for Lease %s/%s", self.elector.identity,
+                 self.settings.lease_namespace, self.settings.lease_name)
+        try:
+            while not self.stop_event.is_set():
+                if self.elector.wait_until_leader(timeout_s=0.5):
+                    break
+            if self.stop_event.is_set():
+                return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
+            log.info("controller %s leads", self.elector.identity)
+            while not (self.rollouts.wait_synced(1.0) and self.statefulsets.wait_synced(1.0)):
+                if self.stop_event.is_set():
+                    return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
+            for rollout in self.rollouts.list():
+                self._on_rollout("SYNC", rollout)
+            for index in range(self.settings.workers):
+                worker = threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
+            self.stop_event.wait()
+            return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
+        finally:
+            self.queue.shutdown()
+            for worker in self._workers:
+                worker.join(timeout=30)
+            self.elector.stop(release=not self.lost_lease.is_set())
+            self.rollouts.stop()
+            self.statefulsets.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _work(self) -> None:
+        while not self.stop_event.is_set():
+            key = self.queue.get(timeout_s=1.0)
+            if key is None:
+                continue
+            try:
+                if not self.elector.is_leader():
+                    continue
+                requeue_after_s = self.reconciler.reconcile(key)
+                self.queue.forget(key)
+                if requeue_after_s is not None:
+                    self.queue.add_after(key, requeue_after_s)
+            except StaleWrite as error:
+                log.info("%s: %s; reconciling again from fresh state", key, error)
+                self.queue.add_rate_limited(key)
+            except Exception:
+                self.reconciler.stats.errors += 1
+                delay_s = self.queue.add_rate_limited(key)
+                log.exception("%s: reconcile failed; retrying in %.2fs", key, delay_s)
+            finally:
+                self.queue.done(key)
