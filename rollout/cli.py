@@ -1,4 +1,4 @@
-"""The `ringmaster` command: serve the API, migrate the database, and work with cohort sets.
+"""The `ringmaster` command: serve the API, migrate the database, work with cohort sets, flags and rollouts.
 
 Commands that read or change cohorts talk to a running `ringmaster serve` over its public API
 (`--server`, or RINGMASTER_SERVER), the way kubectl talks to an API server; `serve` and `db` work
@@ -25,6 +25,7 @@ from rich.table import Table
 from cohorts.db import current_revision, database_url, downgrade, head_revision, make_engine, upgrade
 from rollout.api.sync import DEFAULT_SYNC_PORT
 from rollout.client import ClientError, RingmasterClient
+from rollout.controller.observed import REQUEST_ANNOTATION
 from rollout.settings import ServiceSettings, SettingsError
 
 app = typer.Typer(help="Ringmaster: release rings by user cohort.", no_args_is_help=True)
@@ -33,6 +34,8 @@ db_app = typer.Typer(help="Migrate the database (RINGMASTER_DATABASE_URL, defaul
 cohort_app = typer.Typer(help="Cohort sets: rings, rules and who is in which ring.", no_args_is_help=True)
 usage_app = typer.Typer(help="Per-user usage history that usage rules select on.", no_args_is_help=True)
 flag_app = typer.Typer(help="Feature flags: variants, ring mappings, enable and disable.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Rollouts: list them, show one, promote, pause, resume, abort or retry it.",
+                          no_args_is_help=True)
 localcluster_app = typer.Typer(
     help="A local Kubernetes control plane (etcd, kube-apiserver and kube-controller-manager 1.20, "
     "a simulated node) in the data folder.",
@@ -43,6 +46,7 @@ app.add_typer(localcluster_app, name="localcluster")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(usage_app, name="usage")
 app.add_typer(flag_app, name="flag")
+app.add_typer(rollout_app, name="rollout")
 
 console = Console()
 errors = Console(stderr=True)
@@ -159,26 +163,12 @@ def controller(
 @contextmanager
 def kube_api_client(kubeconfig: Path | None) -> Iterator[Any]:
     """An API client from a kubeconfig, else in-cluster, else the local control plane's kubeconfig."""
-    from kubernetes import client as kube
-    from kubernetes import config
+    from rollout.kube import NOT_CONFIGURED, load_api_client
 
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            from rollout.localcluster.cluster import LocalCluster
-
-            kubeconfig = LocalCluster().kubeconfig
-            if not kubeconfig.exists():
-                raise fail("no kubeconfig: pass --kubeconfig or set KUBECONFIG, run in a cluster, or start the "
-                           "local control plane with `ringmaster localcluster up`") from None
-        else:
-            with kube.ApiClient() as api_client:
-                yield api_client
-            return
-    configuration = kube.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    with kube.ApiClient(configuration) as api_client:
+    api_client = load_api_client(kubeconfig)
+    if api_client is None:
+        raise fail(f"no kubeconfig: pass --kubeconfig, {NOT_CONFIGURED}")
+    with api_client:
         yield api_client
 
 
@@ -557,6 +547,146 @@ def flag_disable(key: KeyArgument, comment: CommentOption = None, server: Server
     with client(server) as api:
         stored = api.set_flag_enabled(key, False, comment)
     console.print(f"flag {key} is disabled (version {stored['version']})", highlight=False)
+
+
+RolloutArgument = Annotated[str, typer.Argument(metavar="NAMESPACE/NAME", help="the Rollout, e.g. default/web")]
+ReasonOption = Annotated[str | None, typer.Option(help="why (at most 500 characters), kept in an Event on the Rollout")]
+PHASE_STYLES = {"Pending": "blue", "Progressing": "cyan", "Paused": "yellow", "Halted": "bold red",
+                "Succeeded": "green", "RollingBack": "magenta", "RolledBack": "magenta", "Failed": "red"}
+
+
+def _rollout_key(target: str) -> tuple[str, str]:
+    namespace, slash, name = target.partition("/")
+    if not slash or not namespace or not name or "/" in name:
+        raise fail(f"{target!r}: name the Rollout as NAMESPACE/NAME, e.g. default/web")
+    return namespace, name
+
+
+def _phase(phase: str | None) -> str:
+    if phase is None:
+        return "[dim]-[/dim]"
+    return f"[{PHASE_STYLES.get(phase, 'default')}]{phase}[/]"
+
+
+def _age(seconds: int) -> str:
+    """As kubectl shows ages: 45s, 12m, 5h, 3d."""
+    for unit, size, below in (("s", 1, 120), ("m", 60, 7200), ("h", 3600, 172800)):
+        if seconds < below:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 86400}d"
+
+
+def _when(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"
+
+
+@rollout_app.command("list")
+def rollout_list(
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="one namespace; default every one")] = None,
+    server: ServerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List Rollouts with their phase, ring and ready replicas."""
+    with client(server) as api:
+        items = api.list_rollouts(namespace)
+    if as_json:
+        emit_json(items)
+        return
+    if not items:
+        console.print(f"no rollouts in namespace {namespace}" if namespace else "no rollouts", highlight=False)
+        return
+    table = Table("NAMESPACE", "NAME", "PHASE", "RING", "OLD", "NEW", "REVISION", "AGE", box=None)
+    for item in items:
+        table.add_row(item["namespace"], item["name"], _phase(item["phase"]), item["currentRing"] or "-",
+                      str(item["oldReady"]), str(item["newReady"]), item["revision"] or "-", _age(item["ageSeconds"]))
+    console.print(table)
+
+
+@rollout_app.command("get")
+def rollout_get(target: RolloutArgument, server: ServerOption = None, as_json: JsonOption = False) -> None:
+    """Show a Rollout: phase and ring, replicas, conditions, each ring's passage and the lasting history."""
+    namespace, name = _rollout_key(target)
+    with client(server) as api:
+        rollout = api.get_rollout(namespace, name)
+    if as_json:
+        emit_json(rollout)
+        return
+    status = rollout["status"]
+    console.print(f"[bold]{namespace}/{name}[/bold]  {_phase(rollout['phase'])}  ring {rollout['currentRing'] or '-'}"
+                  f"  revision {rollout['revision'] or '-'}  age {_age(rollout['ageSeconds'])}", highlight=False)
+    lines = [("message", rollout["message"] or "-"),
+             ("replicas", f"{rollout['oldReady']} old + {rollout['newReady']} new ready of "
+                          f"{rollout['targetReplicas'] if rollout['targetReplicas'] is not None else '-'}"),
+             ("promoted", ", ".join(rollout["promotedRings"]) or "-")]
+    if status.get("bakeUntil"):
+        lines.append(("bake until", _when(status["bakeUntil"])))
+    if status.get("bakeRemainingSeconds") is not None:
+        lines.append(("bake left", f"{status['bakeRemainingSeconds']:.0f}s (frozen)"))
+    if rollout["paused"]:
+        lines.append(("paused", "spec.paused is true"))
+    if rollout["pausedReason"]:
+        lines.append(("paused by failure policy", rollout["pausedReason"]))
+    if status.get("rollbackReason"):
+        lines.append(("rollback reason", status["rollbackReason"]))
+    if rollout["pendingRequest"]:
+        lines.append(("pending request", rollout["pendingRequest"]))
+    for label, value in lines:
+        console.print(f"  {label}: {value}", highlight=False, soft_wrap=True)
+    conditions = Table("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE", title="conditions", box=None)
+    for condition in status.get("conditions", []):
+        conditions.add_row(condition["type"], condition["status"], condition["reason"], condition.get("message", ""),
+                           _when(condition.get("lastTransitionTime")))
+    rings = Table("RING", "REVISION", "STARTED", "READY", "PROMOTED", "OUTCOME", title="rings", box=None)
+    for record in status.get("history", []):
+        rings.add_row(record["ring"], record["revision"], _when(record.get("startedAt")), _when(record.get("readyAt")),
+                      _when(record.get("promotedAt")), record.get("outcome") or "-")
+    history = Table("AT", "TYPE", "REASON", "RING", "REVISION", "MESSAGE", title="history", box=None)
+    for entry in rollout["history"]:
+        history.add_row(_when(entry["at"]), entry["type"], entry["reason"], entry["ring"] or "-",
+                        entry["revision"] or "-", entry["message"])
+    for table in (conditions, rings, history):
+        if table.row_count:
+            console.print(table)
+
+
+def _act(action: str, target: str, reason: str | None, server: str | None) -> None:
+    namespace, name = _rollout_key(target)
+    with client(server) as api:
+        answer = api.act_on_rollout(namespace, name, action, reason)
+    requested = f"{REQUEST_ANNOTATION}={answer['request']}"
+    done = {"pause": "spec.paused is true", "resume": f"spec.paused is false and {requested}"}.get(action, requested)
+    console.print(f"{namespace}/{name} ({answer['phase'] or 'no status yet'}): {done}; the controller acts on it at "
+                  "its next reconcile", highlight=False, soft_wrap=True)
+
+
+@rollout_app.command("promote")
+def rollout_promote(target: RolloutArgument, reason: ReasonOption = None, server: ServerOption = None) -> None:
+    """End the current ring's bake now; the rollout moves to the next ring."""
+    _act("promote", target, reason, server)
+
+
+@rollout_app.command("pause")
+def rollout_pause(target: RolloutArgument, reason: ReasonOption = None, server: ServerOption = None) -> None:
+    """Freeze the rollout (spec.paused: true): nothing scales, the flag stays, bake time stands still."""
+    _act("pause", target, reason, server)
+
+
+@rollout_app.command("resume")
+def rollout_resume(target: RolloutArgument, reason: ReasonOption = None, server: ServerOption = None) -> None:
+    """Unfreeze the rollout: spec.paused false, and clear a pause set by the failure policy."""
+    _act("resume", target, reason, server)
+
+
+@rollout_app.command("abort")
+def rollout_abort(target: RolloutArgument, reason: ReasonOption = None, server: ServerOption = None) -> None:
+    """Roll back: the flag off for every ring, the old capacity back, the new removed."""
+    _act("abort", target, reason, server)
+
+
+@rollout_app.command("retry")
+def rollout_retry(target: RolloutArgument, reason: ReasonOption = None, server: ServerOption = None) -> None:
+    """Start a rolled-back (or failure-policy-paused) rollout again from the first ring; a Failed one restores again."""
+    _act("retry", target, reason, server)
 
 
 RootOption = Annotated[Path | None, typer.Option("--root", help="cluster folder; default <data dir>/localcluster")]

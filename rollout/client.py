@@ -154,3 +154,19 @@ class RingmasterClient:
             "POST", f"/api/v1/flags/{key}/{'enable' if enabled else 'disable'}", params=params
         )
         return result
+
+    def list_rollouts(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        params = {"namespace": namespace} if namespace else {}
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/rollouts", params=params)["items"]
+        return items
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/api/v1/rollouts/{namespace}/{name}")
+        return result
+
+    def act_on_rollout(self, namespace: str, name: str, action: str, reason: str | None = None) -> dict[str, Any]:
+        """promote, pause, resume, abort or retry; the answer is the rollout's summary and the request set."""
+        result: dict[str, Any] = self.request(
+            "POST", f"/api/v1/rollouts/{namespace}/{name}/{action}", json={"reason": reason} if reason else None
+        )
+        return result

@@ -401,7 +401,8 @@ class World:
                 self.execute(action)
             except ApiError:
                 break
-            self.record(type(action).__name__)
+            if isinstance(action, WRITES):
+                self.record(type(action).__name__)
         return decided
 
     def write_status(self, status: RolloutStatus) -> None:

@@ -2,7 +2,8 @@
 
 Network trouble is made real with a TCP relay between the informer and the API server that a test can
 cut and heal. Expired resourceVersions (410 Gone) are provoked on Events: the API server does not keep
-them in its watch cache, so compacting etcd expires old versions at once (see test_kube_contract).
+them in its watch cache, so compacting etcd expires old versions at once (see test_kube_contract). Kinds
+it does cache, like ConfigMaps, keep minutes of history there whatever etcd compacts, and resume instead.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def api_through_partition(local_cluster: LocalCluster, partition: Partition) -> 
 
 @contextlib.contextmanager
 def running(informer: Informer) -> Iterator[Informer]:
+    """The informer started and synced, and stopped afterwards."""
     informer.start()
     try:
         assert informer.wait_synced(30), "the informer never listed"
@@ -389,10 +391,13 @@ def test_a_failing_handler_does_not_stop_the_informer(api: client.ApiClient, nam
 
 
 def test_stop_ends_an_idle_watch_promptly(api: client.ApiClient, namespace: str) -> None:
-    informer = Informer(api, CONFIGMAPS, Recorder(), namespace=namespace)
+    recorder = Recorder()
+    informer = Informer(api, CONFIGMAPS, recorder, namespace=namespace)
     informer.start()
     assert informer.wait_synced(30)
-    eventually(lambda: informer.stats.watches == 1, what="the watch starting")
+    make_configmap(api, namespace, "web")
+    # Once the watch delivered an event it is established, and blocked reading a stream that stays silent.
+    eventually(lambda: recorder.types_for("web") == ["ADDED"], what="the watch delivering an event")
     started_s = time.monotonic()
     informer.stop()
     assert time.monotonic() - started_s < 2

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from cohorts.cache import CompiledSetCache
 from cohorts.db import current_revision, head_revision, make_engine
 from cohorts.store import CohortStore
-from rollout.api import cohorts, flagd, flags, ofrep
+from rollout.api import cohorts, flagd, flags, ofrep, rollouts
 from rollout.api.problems import install_problem_handlers, problem
 from rollout.api.sync import SyncServer
 from rollout.flags.document import compile_flags
@@ -66,6 +66,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         publisher.add_listener(lambda published: metrics.flag_documents.inc())
         metrics.flag_streams.set_function(lambda: publisher.subscriber_count)
         app.state.ofrep = ofrep.OfrepEvaluator(publisher)
+        app.state.kubernetes = kubernetes = rollouts.Kubernetes(chosen.kubeconfig)
         publisher.start()
         sync_server = None if chosen.sync_port is None else SyncServer(publisher, chosen.sync_host, chosen.sync_port)
         try:
@@ -76,12 +77,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if sync_server is not None:
                 sync_server.stop()
             publisher.stop()
+            kubernetes.close()
             engine.dispose()
 
     app = FastAPI(
         title="Ringmaster",
         version="0.1.0",
-        summary="Release rings by user cohort: cohort sets, assignment, flags served as flagd, flagd sync and OFREP.",
+        summary="Release rings by user cohort: cohort sets, assignment, flags served as flagd, flagd sync and OFREP, "
+                "and the Rollouts that move a new version ring by ring.",
         lifespan=lifespan,
     )
     app.state.settings = chosen
@@ -91,6 +94,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(flags.router)
     app.include_router(flagd.router)
     app.include_router(ofrep.router)
+    app.include_router(rollouts.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

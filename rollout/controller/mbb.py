@@ -49,19 +49,20 @@ def next_move(
     """The one move that brings `grow` to `grow_target` and `shrink` to the rest of `total_target`."""
     if not grow.settled:
         return Wait(grow)
-    scaling = (shrink.deleting or shrink.observed_generation < shrink.generation
-               or shrink.status_replicas != shrink.replicas)
+    if shrink.deleting or shrink.observed_generation < shrink.generation or shrink.status_replicas != shrink.replicas:
+        return Wait(shrink)
     # Unready pods on the shrinking side count for nothing, but may only go once the growing side
     # alone carries the whole target: removing them could otherwise take ready ones with them.
-    if scaling or (not shrink.settled and grow.ready_replicas < total_target):
-        return Wait(shrink)
+    may_shrink = shrink.settled or grow.ready_replicas >= total_target
     shrink_target = max(0, total_target - grow_target)
     if grow.replicas < grow_target:
         room = total_target + surge - (grow.replicas + shrink.replicas)
         if room > 0:
             return Scale("grow", grow, grow.replicas + min(room, grow_target - grow.replicas))
+        if not may_shrink:
+            return Wait(shrink)
         # At the surge limit: remove the old capacity that ready new capacity already stands in for.
         return Scale("shrink", shrink, max(shrink_target, total_target - grow.replicas))
     if shrink.replicas > shrink_target:
-        return Covered(shrink_target)
+        return Covered(shrink_target) if may_shrink else Wait(shrink)
     return Balanced()

@@ -480,6 +480,12 @@ class _Planner:
         flag = self.observed.flag
         if flag is None:
             return None
+        still_on = sorted(ring for ring, variant in flag.ring_variants.items() if variant == spec.flag.on_variant)
+        if still_on:
+            # Turning it off would take an earlier release's features away from those users.
+            return SpecProblem("spec.flag.key", f"flag {flag.key!r} is still on for {still_on} from an earlier "
+                                                "release; give this release a flag of its own, or turn that one off "
+                                                "first")
         for field, variant in (("onVariant", spec.flag.on_variant), ("offVariant", spec.flag.off_variant)):
             if variant not in flag.variants:
                 return SpecProblem(f"spec.flag.{field}", f"flag {flag.key!r} has no variant {variant!r}; its variants "
@@ -518,6 +524,9 @@ class _Planner:
         pin = status.pin
         old = self.statefulset(status.stable_stateful_set)
         new = self.statefulset(status.new_stateful_set)
+        if status.track == "Succeeded":
+            # The revision rolled out is the stable one now; the old is what it replaced.
+            old, new = self.statefulset(status.retire_stateful_set), old
         old_ready = old.ready_replicas if old else 0
         new_ready = new.ready_replicas if new else 0
         self.update(old_ready=old_ready, new_ready=new_ready)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -41,7 +42,8 @@ CONNECT_TIMEOUT_S = 10.0
 LIST_PAGE_SIZE = 500
 RETRY_BASE_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 30.0
-# stop() waits this long for the threads; only a list call in flight can take longer, and it is a daemon.
+# stop() waits this long for the threads; only a request still awaiting the server's answer, or a slow handler,
+# holds one longer, and the threads are daemons.
 STOP_TIMEOUT_S = 5.0
 
 
@@ -61,7 +63,6 @@ class ResourceKind:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
-ROLLOUTS = ResourceKind("ringmaster.dev", "v1alpha1", "rollouts")
 STATEFULSETS = ResourceKind("apps", "v1", "statefulsets")
 
 
@@ -89,7 +90,7 @@ class Informer:
 
     def __init__(
         self,
-        api_client: Any,
+        api_client: client.ApiClient,
         kind: ResourceKind,
         on_change: ChangeHandler,
         *,
@@ -147,6 +148,7 @@ class Informer:
 
     @property
     def running(self) -> bool:
+        """Whether a thread of this informer is still alive (stop() ends them)."""
         return any(thread.is_alive() for thread in self._threads)
 
     def wait_synced(self, timeout_s: float) -> bool:

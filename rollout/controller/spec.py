@@ -33,6 +33,9 @@ KIND = "Rollout"
 REVISION_HEX_DIGITS = 10
 MAX_BASE_NAME = 63 - 1 - REVISION_HEX_DIGITS - 1 - 5
 DEFAULT_BAKE = "1m"
+# Far beyond any sensible bake or window, and far inside what datetime arithmetic can hold.
+MAX_DURATION = "365d"
+MAX_DURATION_S = 365 * 86400
 _PERCENT = re.compile(r"^(\d{1,3})%$")
 
 
@@ -51,9 +54,32 @@ class _Model(BaseModel):
 
 def _duration(value: str, *, allow_zero: bool) -> str:
     try:
-        parse_duration_s(value, allow_zero=allow_zero)
+        seconds = parse_duration_s(value, allow_zero=allow_zero)
     except ValueError as error:
         raise ValueError(str(error).replace("'7d' or '1w'", "'90s' or '2h'")) from None
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{value!r} is longer than {MAX_DURATION}; use at most {MAX_DURATION}")
+    return value
+
+
+def _template(value: dict[str, Any]) -> dict[str, Any]:
+    """A pod template as the StatefulSet will need it; the API server keeps whatever the schema lets through."""
+    metadata = value.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be an object with labels and annotations")
+    for part in ("labels", "annotations"):
+        entries = metadata.get(part, {})
+        if not isinstance(entries, dict) or not all(
+                isinstance(key, str) and isinstance(item, str) for key, item in entries.items()):
+            raise ValueError(f"metadata.{part} must map strings to strings")
+    pod = value.get("spec")
+    containers = pod.get("containers") if isinstance(pod, dict) else None
+    if not isinstance(containers, list) or not containers:
+        raise ValueError("spec.containers must list at least one container")
+    for index, container in enumerate(containers):
+        if not isinstance(container, dict) or not isinstance(container.get("name"), str) \
+                or not isinstance(container.get("image"), str):
+            raise ValueError(f"spec.containers[{index}] needs a name and an image, both strings")
     return value
 
 
@@ -153,6 +179,11 @@ class RolloutSpec(_Model):
     failure_policy: Literal["rollback", "pause"] = "rollback"
     paused: bool = False
 
+    @field_validator("template")
+    @classmethod
+    def _is_template(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _template(value)
+
     @model_validator(mode="after")
     def _one_version(self) -> RolloutSpec:
         if (self.image is None) == (self.template is None):
@@ -160,11 +191,6 @@ class RolloutSpec(_Model):
                              "exactly one of them")
         if self.container is not None and self.image is None:
             raise ValueError("`container` names the container whose `image` changes; with `template` leave it out")
-        if self.template is not None:
-            containers = self.template.get("spec", {}).get("containers") if isinstance(
-                self.template.get("spec"), dict) else None
-            if not isinstance(containers, list) or not containers:
-                raise ValueError("template.spec.containers must list at least one container")
         names = [ring.name for ring in self.rings]
         if len(set(names)) != len(names):
             raise ValueError(f"rings name a ring twice: {names}")

@@ -86,7 +86,8 @@ class RolloutStatus(_Model):
 
     def to_wire(self) -> dict[str, Any]:
         # The kubernetes client sends an empty string as null, which the schema refuses: leave them out.
-        return _without_empty_strings(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        wire: dict[str, Any] = _without_empty_strings(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        return wire
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((condition for condition in self.conditions if condition.type == kind), None)

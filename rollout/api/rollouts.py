@@ -1,0 +1,339 @@
+"""HTTP routes for Rollouts: list and read them, and steer them (promote, pause, resume, abort, retry).
+
+The routes read and patch Rollout objects on the Kubernetes API server; they never talk to the
+controller. An action is a merge patch, `spec.paused` or the `ringmaster.dev/request` annotation,
+that the controller acts on at its next reconcile, exactly as `kubectl patch` or `kubectl annotate`
+would. An action that cannot apply to the rollout's current status is refused with 409, by the rules
+the controller applies to requests (`handle_request` in rollout/controller/plan.py); for a request
+that races a change of status, the controller stays the judge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import urllib3
+from fastapi import APIRouter, Query, Request
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from rollout.api.cohorts import ActorHeader
+from rollout.api.problems import ApiProblem
+from rollout.controller.history import HistoryEntry, RolloutHistory
+from rollout.controller.observed import REQUEST_ANNOTATION
+from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
+from rollout.controller.status import Phase, RolloutStatus, Track, parse_status
+from rollout.kube import NOT_CONFIGURED, load_api_client
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1", tags=["rollouts"])
+
+Action = Literal["promote", "pause", "resume", "abort", "retry"]
+COMPONENT = "ringmaster-api"
+REQUEST_TIMEOUT_S = 10.0
+NOT_CONFIGURED_TITLE = "Kubernetes is not configured"
+
+NamespaceQuery = Annotated[str | None, Query(max_length=63, description="only this namespace; default every one")]
+
+
+class Kubernetes:
+    """The API server the rollout routes use. Its client is built on first use rather than at start-up,
+    so `ringmaster serve` runs without Kubernetes, and finds a local control plane started later."""
+
+    def __init__(self, kubeconfig: Path | None) -> None:
+        self.kubeconfig = kubeconfig
+        self._lock = threading.Lock()
+        self._api_client: client.ApiClient | None = None
+
+    def api_client(self) -> client.ApiClient:
+        with self._lock:
+            if self._api_client is None:
+                try:
+                    self._api_client = load_api_client(self.kubeconfig)
+                except (config.ConfigException, OSError) as error:
+                    raise ApiProblem(503, "kubernetes-not-configured", NOT_CONFIGURED_TITLE,
+                                     f"kubeconfig {self.kubeconfig} cannot be used ({error}); fix it, or point "
+                                     "RINGMASTER_KUBECONFIG at another and restart `ringmaster serve`") from error
+            if self._api_client is None:
+                raise ApiProblem(503, "kubernetes-not-configured", NOT_CONFIGURED_TITLE,
+                                 f"the rollout routes need a Kubernetes API server: {NOT_CONFIGURED} "
+                                 "(`ringmaster serve` reads the variables when it starts)")
+            return self._api_client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._api_client is not None:
+                self._api_client.close()
+                self._api_client = None
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class RolloutSummary(_View):
+    namespace: str
+    name: str
+    phase: Phase | None = Field(description="None until the controller has recorded a status")
+    track: Track | None
+    current_ring: str | None
+    revision: str | None
+    old_ready: int
+    new_ready: int
+    target_replicas: int | None = Field(description="status.pin.targetReplicas, once the rollout has started")
+    promoted_rings: list[str]
+    paused: bool = Field(description="spec.paused")
+    paused_reason: str | None = Field(description="why the failure policy paused the rollout")
+    message: str
+    creation_timestamp: datetime
+    age_seconds: int
+
+
+class TransitionView(_View):
+    """One transition in the database's lasting history (Kubernetes Events expire after an hour)."""
+
+    at: datetime
+    rollout_uid: str
+    sequence: int
+    reason: str
+    type: str
+    revision: str | None
+    ring: str | None
+    message: str
+
+
+class RolloutDetail(RolloutSummary):
+    uid: str
+    generation: int
+    pending_request: str | None = Field(description="a ringmaster.dev/request the controller has not handled yet")
+    spec: dict[str, Any]
+    status: dict[str, Any] = Field(description="as the controller recorded it: conditions, history, pin, bakeUntil")
+    history: list[TransitionView]
+
+
+class RolloutList(_View):
+    items: list[RolloutSummary]
+
+
+class ActionBody(_View):
+    reason: str | None = Field(default=None, max_length=500, description="why; kept in an Event on the Rollout")
+
+
+class ActionAccepted(RolloutSummary):
+    action: Action
+    request: str | None = Field(description="the ringmaster.dev/request value set; None for pause")
+
+
+def refusal(action: Action, spec_paused: bool, status: RolloutStatus, key: str) -> str | None:
+    """Why `action` cannot apply to a rollout in `status`, and what to do instead; None when it can."""
+    track, phase = status.track, status.phase
+    if action == "pause":
+        return None
+    if action == "promote":
+        if track == "Progressing" and (status.bake_until is not None or status.bake_remaining_seconds is not None):
+            return None
+        if track == "Progressing":
+            return (f"{key} has no ring baking: ring {status.current_ring} is still moving capacity "
+                    f"({status.message}); promote once its bake has started (status.bakeUntil)")
+        return f"{key} is {phase}: promote skips the rest of a ring's bake, and only a Progressing rollout bakes"
+    if action == "abort":
+        if track in ("Pending", "Progressing") and status.revision is not None:
+            return None
+        return {
+            "Succeeded": f"{key} has Succeeded: nothing is in progress to abort; to go back, set spec.image (or "
+                         "spec.template) to the previous version, which rolls it out as a new revision",
+            "RolledBack": f"{key} is already RolledBack: the old version serves everyone; `retry` starts again",
+            "RollingBack": f"{key} is already rolling back ({status.rollback_reason})",
+            "Failed": f"{key} is Failed: it is already rolling back and the old version is not ready yet; "
+                      "`retry` restarts its readyTimeout",
+        }.get(track, f"{key} has not started a revision yet, so there is nothing to roll back; pause it to keep "
+                     "it from starting")
+    if action == "retry":
+        if track in ("RolledBack", "Failed") or (track == "Progressing" and status.paused_reason is not None):
+            return None
+        hint = "; it is paused by spec.paused: use `resume`" if spec_paused else ""
+        return (f"{key} is {phase}: retry restarts a RolledBack or Failed rollout, or one its failure policy "
+                f"paused{hint}")
+    if spec_paused or status.paused_reason is not None:
+        return None
+    if phase == "Halted":
+        return f"{key} is not paused but halted by the andon cord; it moves again when the cord is released"
+    return f"{key} is not paused: spec.paused is false and its failure policy has not paused it"
+
+
+def rollout_patch(action: Action, request_value: str | None) -> dict[str, Any]:
+    """The merge patch that makes `action`: spec.paused, the request annotation, or (resume) both."""
+    patch: dict[str, Any] = {}
+    if action in ("pause", "resume"):
+        patch["spec"] = {"paused": action == "pause"}
+    if request_value is not None:
+        patch["metadata"] = {"annotations": {REQUEST_ANNOTATION: request_value}}
+    return patch
+
+
+def _timestamp(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def _summary_fields(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    raw_status = obj.get("status") or {}
+    status = parse_status(raw_status)
+    created = _timestamp(metadata.get("creationTimestamp") or now)
+    return {
+        "namespace": metadata.get("namespace", ""),
+        "name": metadata.get("name", ""),
+        "phase": status.phase if raw_status else None,
+        "track": status.track if raw_status else None,
+        "current_ring": status.current_ring,
+        "revision": status.revision,
+        "old_ready": status.old_ready,
+        "new_ready": status.new_ready,
+        "target_replicas": status.pin.target_replicas if status.pin else None,
+        "promoted_rings": status.promoted_rings,
+        "paused": (obj.get("spec") or {}).get("paused") is True,
+        "paused_reason": status.paused_reason,
+        "message": status.message,
+        "creation_timestamp": created,
+        "age_seconds": max(0, int((now - created).total_seconds())),
+    }
+
+
+def _transition(entry: HistoryEntry) -> TransitionView:
+    return TransitionView(at=entry.at, rollout_uid=entry.rollout_uid, sequence=entry.sequence, reason=entry.reason,
+                          type=entry.type, revision=entry.revision, ring=entry.ring, message=entry.message)
+
+
+def _api_client(request: Request) -> client.ApiClient:
+    kubernetes: Kubernetes = request.app.state.kubernetes
+    return kubernetes.api_client()
+
+
+@contextmanager
+def _answering(api_client: client.ApiClient, key: str | None = None) -> Iterator[None]:
+    """Kubernetes' errors as problems: unreachable 503, no CRD 503, no such Rollout (`key`) 404, else 502."""
+    host = api_client.configuration.host
+    try:
+        yield
+    except ApiException as error:
+        if error.status == 0:
+            raise _unreachable(host, error.reason) from error
+        try:
+            answer = json.loads(error.body or "{}")
+        except json.JSONDecodeError:
+            answer = {}
+        said = answer.get("message") or error.reason
+        if error.status == 404 and key is not None and (answer.get("details") or {}).get("name"):
+            raise ApiProblem(404, "not-found", "No such Rollout",
+                             f"there is no Rollout {key}; `ringmaster rollout list` shows the rollouts") from error
+        if error.status == 404:
+            raise ApiProblem(503, "crd-not-installed", "The Rollout CRD is not installed",
+                             f"the Kubernetes API server at {host} serves no {PLURAL}.{GROUP}/{VERSION} ({said}); "
+                             "install it with `kubectl apply -f deploy/crd/rollouts.yaml`, or run "
+                             "`ringmaster controller`, which installs it") from error
+        raise ApiProblem(502, "kubernetes-error", "Kubernetes refused the request",
+                         f"the Kubernetes API server at {host} answered {error.status} {error.reason}: {said}; "
+                         "Ringmaster needs get, list and patch on rollouts.ringmaster.dev and create on "
+                         "events") from error
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise _unreachable(host, getattr(error, "reason", None) or error) from error
+
+
+def _unreachable(host: str, cause: object) -> ApiProblem:
+    return ApiProblem(503, "kubernetes-unreachable", "Kubernetes is unreachable",
+                      f"cannot reach the Kubernetes API server at {host} ({cause}); check that it is running "
+                      "and that the kubeconfig `ringmaster serve` uses points at it")
+
+
+def _read(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    with _answering(api_client, f"{namespace}/{name}"):
+        found: dict[str, Any] = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S)
+    return found
+
+
+def _record_event(api_client: client.ApiClient, rollout: Mapping[str, Any], action: Action, actor: str,
+                  reason: str | None) -> None:
+    metadata = rollout["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = f"{action} requested by {actor}" + (f": {reason}" if reason else "")
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{metadata['name']}.{secrets.token_hex(8)}", "namespace": metadata["namespace"]},
+        "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": metadata["name"],
+                           "namespace": metadata["namespace"], "uid": metadata.get("uid", "")},
+        "reason": f"{action.capitalize()}Requested", "message": message, "type": "Normal",
+        "source": {"component": COMPONENT}, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+    try:
+        client.CoreV1Api(api_client).create_namespaced_event(metadata["namespace"], event,
+                                                             _request_timeout=REQUEST_TIMEOUT_S)
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+        # The action is made; the Event only tells who asked and why.
+        log.warning("%s/%s: event %s not recorded: %s", metadata["namespace"], metadata["name"], message, error)
+
+
+@router.get("/rollouts", response_model=RolloutList, responses={503: {"description": "no Kubernetes to ask"}})
+def list_rollouts(request: Request, namespace: NamespaceQuery = None) -> RolloutList:
+    """Every Rollout (of one namespace), with its phase, ring and ready replicas."""
+    api_client = _api_client(request)
+    rollouts = client.CustomObjectsApi(api_client)
+    with _answering(api_client):
+        if namespace:
+            listed = rollouts.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                            _request_timeout=REQUEST_TIMEOUT_S)
+        else:
+            listed = rollouts.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=REQUEST_TIMEOUT_S)
+    now = datetime.now(UTC)
+    items = [RolloutSummary(**_summary_fields(obj, now)) for obj in listed.get("items", [])]
+    return RolloutList(items=sorted(items, key=lambda item: (item.namespace, item.name)))
+
+
+@router.get("/rollouts/{namespace}/{name}", response_model=RolloutDetail,
+            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}})
+def get_rollout(request: Request, namespace: str, name: str) -> RolloutDetail:
+    """One Rollout: the summary, its spec and status, and its transitions kept in the database."""
+    found = _read(_api_client(request), namespace, name)
+    metadata = found.get("metadata") or {}
+    history = RolloutHistory(request.app.state.engine).entries(namespace, name)
+    return RolloutDetail(
+        **_summary_fields(found, datetime.now(UTC)), uid=metadata.get("uid", ""),
+        generation=int(metadata.get("generation", 0)),
+        pending_request=(metadata.get("annotations") or {}).get(REQUEST_ANNOTATION),
+        spec=found.get("spec") or {}, status=found.get("status") or {},
+        history=[_transition(entry) for entry in history],
+    )
+
+
+@router.post("/rollouts/{namespace}/{name}/{action}", status_code=202, response_model=ActionAccepted,
+             responses={404: {"description": "no such Rollout"},
+                        409: {"description": "the action cannot apply to the rollout's current status"},
+                        503: {"description": "no Kubernetes to ask"}})
+def act_on_rollout(request: Request, namespace: str, name: str, action: Action, body: ActionBody | None = None,
+                   actor: ActorHeader = "anonymous") -> ActionAccepted:
+    """Pause (spec.paused: true), resume (spec.paused: false and a `resume` request), or request a promote,
+    abort or retry (the ringmaster.dev/request annotation); the controller acts on it at its next reconcile."""
+    api_client = _api_client(request)
+    key = f"{namespace}/{name}"
+    current = _read(api_client, namespace, name)
+    spec_paused = (current.get("spec") or {}).get("paused") is True
+    why_not = refusal(action, spec_paused, parse_status(current.get("status")), key)
+    if why_not is not None:
+        raise ApiProblem(409, "action-not-applicable", f"The rollout cannot {action} now", why_not)
+    request_value = None if action == "pause" else f"{action}:{secrets.token_hex(4)}"
+    with _answering(api_client, key):
+        patched: dict[str, Any] = client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, rollout_patch(action, request_value),
+            _request_timeout=REQUEST_TIMEOUT_S)
+    _record_event(api_client, patched, action, actor, body.reason if body else None)
+    return ActionAccepted(**_summary_fields(patched, datetime.now(UTC)), action=action, request=request_value)
