@@ -107,7 +107,7 @@ def serve(
     sync_port: Annotated[int, typer.Option(help="port of flagd's sync gRPC service (flagd.sync.v1); 0 turns it off",
                                            min=0, max=65535)] = DEFAULT_SYNC_PORT,
 ) -> None:
-    """Serve the HTTP API (cohorts, flags, flagd document and stream, OFREP, /metrics) and flagd's gRPC sync."""
+    """Serve the HTTP API (cohorts, flags, rollouts, flagd document and stream, OFREP, /metrics) and flagd sync."""
     from rollout.api.app import create_app
 
     try:

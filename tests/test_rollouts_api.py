@@ -87,7 +87,9 @@ def create(kube: client.ApiClient, namespace: str, name: str, status: RolloutSta
            *, paused: bool = False) -> dict[str, Any]:
     """A Rollout, as `kubectl apply` makes it, with `status` written as the controller would have."""
     rollouts = client.CustomObjectsApi(kube)
-    body = rollout(name, "web", flag=f"{name}-v2", **({"paused": True} if paused else {}))
+    body = rollout(name, "web", flag=f"{name}-v2")
+    if paused:
+        body["spec"]["paused"] = True
     created: dict[str, Any] = rollouts.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     if status is None:
         return created
