@@ -58,6 +58,7 @@ CREATE_THREADS = 8
 POLL_S = 1.0
 CLUSTER_PROCESSES = ("kube-apiserver", "etcd", "kube-controller-manager", "simulator")
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+OTHERS = "other processes on this machine"
 BENCH_WATCH_THREAD = "bench-watch"
 
 
@@ -120,6 +121,12 @@ def cpu_s(stat_path: Path) -> float:
     # The command name may hold spaces and parentheses; the fields after its last ')' are fixed.
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process on this machine has used since boot (/proc/stat, all but idle and iowait)."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS_PER_S
 
 
 def controller_thread_group(name: str) -> str:
@@ -343,6 +350,7 @@ def controller_run(run: Run, cluster: LocalCluster, database_url: str, namespace
         bench_before = threads_cpu_s(bench_threads, bench_thread_group)
         processes_before = {name: cpu_s(Path(f"/proc/{pid}/stat")) for name, pid in processes.items()}
         process_before_s = time.process_time()
+        machine_before_s = machine_busy_s()
         run.rss_before_mib = rss_mib("VmRSS")
         reset_peak_rss()
         started_s = time.monotonic()
@@ -360,6 +368,8 @@ def controller_run(run: Run, cluster: LocalCluster, database_url: str, namespace
         run.cpu_s["bench process, all threads"] = time.process_time() - process_before_s
         for name, pid in processes.items():
             run.cpu_s[name] = cpu_s(Path(f"/proc/{pid}/stat")) - processes_before[name]
+        ours_s = sum(seconds for group, seconds in run.cpu_s.items() if group in CPU_TOTAL_GROUPS)
+        run.cpu_s[OTHERS] = max(0.0, machine_busy_s() - machine_before_s - ours_s)
         stats = controller.reconciler.stats
         informers = (controller.rollouts.stats, controller.statefulsets.stats)
         controller.stop()
@@ -416,7 +426,7 @@ def table(runs: Sequence[Run]) -> list[str]:
     ]
     groups = sorted({group for run in runs for group in run.cpu_s}, key=cpu_order)
     rows += [(f"CPU: {group} (s)", cpu_cell(group)) for group in groups]
-    rows.append(("CPU: all of it, share of the cores (%)", lambda run: fmt(cores_busy(run) * 100, 0)))
+    rows.append(("CPU: all of it, share of all cores (%)", lambda run: fmt(cores_busy(run) * 100, 0)))
     width = max(len(run.label) for run in runs) + 6
     width = max(width, *(len(cell(run)) + 2 for run in runs for _, cell in rows))
     lines = [f"{'Rollouts x replicas':<40}" + "".join(f"{run.label:>{width}}" for run in runs)]
@@ -425,7 +435,8 @@ def table(runs: Sequence[Run]) -> list[str]:
 
 
 CPU_ORDER = ("controller workers", "controller informers + handlers", "controller loop + Lease",
-             "bench: watching Rollouts", "bench: main thread", "bench process, all threads", *CLUSTER_PROCESSES)
+             "bench: watching Rollouts", "bench: main thread", "bench process, all threads", *CLUSTER_PROCESSES,
+             OTHERS)
 CPU_TOTAL_GROUPS = ("bench process, all threads", *CLUSTER_PROCESSES)
 
 
@@ -438,10 +449,10 @@ def cpu_cell(group: str) -> Callable[[Run], str]:
 
 
 def cores_busy(run: Run) -> float:
-    """The share of all the machine's cores the bench and the control plane used during the run."""
+    """The share of all the machine's cores in use during the run, by anything."""
     if math.isnan(run.wall_s) or run.wall_s <= 0:
         return math.nan
-    used_s = sum(seconds for group, seconds in run.cpu_s.items() if group in CPU_TOTAL_GROUPS)
+    used_s = sum(seconds for group, seconds in run.cpu_s.items() if group in (*CPU_TOTAL_GROUPS, OTHERS))
     return used_s / (run.wall_s * (os.cpu_count() or 1))
 
 

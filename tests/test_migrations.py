@@ -9,6 +9,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DatabaseError
 
 import cohorts.tables  # noqa: F401  (registers the tables on Base.metadata)
+import rollout.controller.history  # (and rollout_history)
 import rollout.flags.tables  # noqa: F401  (and the flag tables)
 from cohorts.db import (
     Base,
@@ -29,6 +30,7 @@ TABLES = {
     "cohort_sets",
     "flag_versions",
     "flags",
+    "rollout_history",
     "usage_metrics",
     "usage_users",
 }

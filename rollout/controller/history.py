@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy import Engine, Index, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -20,7 +20,10 @@ from cohorts.tables import UtcDateTime
 
 class RolloutHistoryRow(Base):
     __tablename__ = "rollout_history"
-    __table_args__ = (UniqueConstraint("rollout_uid", "sequence", "reason", name="uq_rollout_history_transition"),)
+    __table_args__ = (
+        UniqueConstraint("rollout_uid", "sequence", "reason", name="uq_rollout_history_transition"),
+        Index("ix_rollout_history_rollout", "namespace", "name", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime)

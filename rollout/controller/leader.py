@@ -103,7 +103,8 @@ class LeaderElector:
         self._lease_duration_s = lease_duration_s
         self._renew_deadline_s = renew_deadline_s
         self._retry_period_s = retry_period_s
-        self._request_timeout_s = min(retry_period_s, MAX_REQUEST_TIMEOUT_S)
+        # Short enough to notice a lost Lease in time, long enough to survive a busy API server.
+        self._request_timeout_s = min(max(retry_period_s, 1.0), renew_deadline_s / 2, MAX_REQUEST_TIMEOUT_S)
         self._on_started_leading = on_started_leading
         self._on_stopped_leading = on_stopped_leading
         self._monotonic = monotonic

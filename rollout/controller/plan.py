@@ -322,7 +322,7 @@ class _Planner:
         if new is None:
             manifest = new_statefulset(self.rollout, spec, stable, status.new_stateful_set or "")
             self.actions.append(CreateStatefulSet(status.new_stateful_set or "", manifest))
-            self.update(message=f"creating StatefulSet {status.new_stateful_set}")
+            self.update(step="CreatingStatefulSet", message=f"creating StatefulSet {status.new_stateful_set}")
             return
         index = min(status.ring_index, len(pin.replicas) - 1)
         ring = steps[index] if index < len(steps) else RingStep(name=status.current_ring or "ring")
@@ -349,7 +349,7 @@ class _Planner:
         history = list(self.status.history)
         if history and history[-1].ring == promoted[-1] and history[-1].ready_at is None:
             history[-1] = history[-1].model_copy(update={"ready_at": self.now})
-        self.update(promoted_rings=promoted, history=history)
+        self.update(promoted_rings=promoted, history=history, step="FlagOn")
         self.actions.append(self.flag_action(spec, promoted))
         self.event("Normal", "RingReady", f"ring {promoted[-1]}'s capacity is ready: the flag "
                                           f"{spec.flag.key} is on for {', '.join(promoted)}")
@@ -360,6 +360,7 @@ class _Planner:
         if until is None:
             until = self.now + timedelta(seconds=ring.bake_s)
             self.update(bake_until=until, message=f"ring {ring.name} is up; baking until {until.isoformat()}")
+        self.update(step="Baking")
         if self.now < until:
             self.requeue((until - self.now).total_seconds())
             return
@@ -381,7 +382,7 @@ class _Planner:
             "Normal", "RolloutSucceeded",
             f"revision {status.revision} serves every ring from {status.new_stateful_set}"
             + (f"; {status.stable_stateful_set} is deleted after the rollback window" if owned else ""),
-            track="Succeeded", phase="Succeeded", stable_stateful_set=status.new_stateful_set,
+            track="Succeeded", phase="Succeeded", step="Done", stable_stateful_set=status.new_stateful_set,
             stable_revision=status.revision, new_stateful_set=None, bake_until=None, current_ring=None,
             retire_stateful_set=status.stable_stateful_set if owned else None,
             retire_after=self.now + window if owned else None, history=history[-MAX_HISTORY:],
@@ -421,7 +422,7 @@ class _Planner:
             history[-1] = history[-1].model_copy(update={"outcome": "rolled back"})
         self.transition("Warning", "RolledBack",
                         f"rolled back to {status.stable_stateful_set} ({status.rollback_reason or 'rollback'}); "
-                        "the flag is off for every ring", track="RolledBack", phase="RolledBack",
+                        "the flag is off for every ring", track="RolledBack", phase="RolledBack", step="Done",
                         current_ring=None, bake_until=None, bake_remaining_seconds=None, history=history)
 
     def retire(self) -> None:
@@ -443,6 +444,8 @@ class _Planner:
 
     def scale(self, target: StatefulSetView, replicas: int, ring: str | None) -> None:
         self.actions.append(ScaleStatefulSet(target.name, replicas, target.resource_version))
+        side = "New" if target.name == self.status.new_stateful_set else "Old"
+        self.update(step=f"Scaling{'Up' if replicas > target.replicas else 'Down'}{side}")
         self.update(message=f"scaling {target.name} from {target.replicas} to {replicas}"
                             + (f" for ring {ring}" if ring else ""),
                     waiting_since=self.now if replicas > target.replicas else self.status.waiting_since)
@@ -452,7 +455,7 @@ class _Planner:
         timeout_s = spec.scaling.ready_timeout_s
         message = (f"waiting for {waiting_on.name}: {waiting_on.ready_replicas} of {waiting_on.replicas} ready"
                    + (", observing its latest spec" if waiting_on.observed_generation < waiting_on.generation else ""))
-        self.update(waiting_since=since, message=message)
+        self.update(waiting_since=since, message=message, step="WaitingForReady")
         elapsed_s = (self.now - since).total_seconds()
         if elapsed_s < timeout_s:
             self.requeue(timeout_s - elapsed_s)
@@ -513,7 +516,7 @@ class _Planner:
             flag.cohort_set, flag.version, flag.epoch) == (pin.cohort_set, pin.version, pin.epoch):
             return True
         self.actions.append(self.flag_action(spec, on_rings))
-        self.update(message=f"setting flag {spec.flag.key} on for {list(on_rings) or 'no ring'}")
+        self.update(step="SettingFlag", message=f"setting flag {spec.flag.key} on for {list(on_rings) or 'no ring'}")
         self.requeue(0)
         return False
 

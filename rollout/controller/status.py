@@ -69,6 +69,9 @@ class RolloutStatus(_Model):
     pin: Pin | None = None
     ring_index: int = 0
     current_ring: str | None = None
+    step: str | None = Field(default=None, description="what the rollout is doing: CreatingStatefulSet, ScalingUpNew, "
+                             "WaitingForReady, SettingFlag, FlagOn, ScalingDownOld, Baking, ScalingUpOld, "
+                             "ScalingDownNew, Done")
     promoted_rings: list[str] = Field(default_factory=list)
     waiting_since: datetime | None = Field(default=None, description="since when new capacity has been awaited")
     bake_until: datetime | None = None
