@@ -43,6 +43,7 @@ bench: venv
 	$(BIN)/python -m bench.usage_ingest
 	$(BIN)/python -m bench.propagation
 	$(BIN)/python -m bench.provider
+	$(BIN)/python -m bench.controller
 
 clean:
 	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -25,10 +25,12 @@ import json
 import math
 import os
 import platform
+import re
 import secrets
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -54,11 +56,14 @@ READY_DELAY = "200ms"
 # Under load a new pod can take minutes to be Ready; a rollback would end the measurement early.
 READY_TIMEOUT = "60m"
 FEASIBLE_S = 15 * 60
+GIL_BOUND = 0.85
 CREATE_THREADS = 8
 POLL_S = 1.0
 CLUSTER_PROCESSES = ("kube-apiserver", "etcd", "kube-controller-manager", "simulator")
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 OTHERS = "other processes on this machine"
+# The StatefulSets' and flags' names in status messages, so that alike messages count together.
+NAMES = re.compile(r"(bench-[0-9a-z-]+-)?app-\d+(-[0-9a-z]+)?")
 BENCH_WATCH_THREAD = "bench-watch"
 
 
@@ -84,12 +89,12 @@ def statefulset_body(name: str, replicas: int) -> dict[str, Any]:
     }
 
 
-def rollout_body(name: str) -> dict[str, Any]:
+def rollout_body(name: str, flag_key: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "Rollout", "metadata": {"name": name},
         "spec": {
             "statefulSetName": name, "image": "registry.example.com/web:2.0.0", "cohortSet": "default",
-            "rings": [{"name": ring, "bake": "0s"} for ring in RINGS], "flag": {"key": f"bench-{name}"},
+            "rings": [{"name": ring, "bake": "0s"} for ring in RINGS], "flag": {"key": flag_key},
             "sizing": "configured",
             "scaling": {"maxSurge": 1, "readyTimeout": READY_TIMEOUT, "rollbackWindow": "1h"},
         },
@@ -168,6 +173,7 @@ class Progress:
 
     count: int
     phases: dict[str, str] = field(default_factory=dict)
+    places: dict[str, str] = field(default_factory=dict)
     succeeded_at_s: dict[str, float] = field(default_factory=dict)
     first_ring_s: list[float] = field(default_factory=list)
     later_rings_s: list[float] = field(default_factory=list)
@@ -184,6 +190,9 @@ class Progress:
         status = obj.get("status") or {}
         phase = status.get("phase", "")
         self.phases[name] = phase
+        ring = f" in {status['currentRing']}" if status.get("currentRing") else ""
+        doing = status.get("step") or NAMES.sub("<name>", status.get("message", ""))[:100]
+        self.places[name] = f"{phase or 'no status yet'}{ring}" + (f" ({doing})" if doing else "")
         if len(self.phases) >= self.count:
             self.seen_all.set()
         if phase == "Succeeded" and name not in self.succeeded_at_s:
@@ -199,6 +208,12 @@ class Progress:
     def count_of(self, phase: str) -> int:
         with self.lock:
             return sum(seen == phase for seen in self.phases.values())
+
+    def unfinished(self) -> str:
+        """Where the Rollouts that have not Succeeded are, the commonest places first."""
+        with self.lock:
+            places = Counter(place for name, place in self.places.items() if self.phases[name] != "Succeeded")
+        return ", ".join(f"{count:,} {place}" for place, count in places.most_common(4))
 
     def succeeded_times_s(self) -> list[float]:
         with self.lock:
@@ -244,11 +259,14 @@ class Run:
     wall_s: float = math.nan
     succeeded: int = 0
     timed_out: bool = False
+    unfinished: str = ""
+    queued_at_end: int = 0
     reconciles: int = 0
     errors: int = 0
     plan_ms: tuple[float, float] = (math.nan, math.nan)
     reconcile_ms: tuple[float, float] = (math.nan, math.nan)
     api_requests: int = 0
+    api_requests_by_reconciler: int = 0
     writes: int = 0
     informer_requests: str = ""
     rss_before_mib: float = math.nan
@@ -326,7 +344,8 @@ def measure(cluster: LocalCluster, database_url: str, namespace: str, count: int
         run.statefulsets_ready_s = time.monotonic() - started_s
         run.rollouts_created_s = create_all(
             lambda body: custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body),
-            [rollout_body(name) for name in names])
+            # Flags outlive a namespace in the database, and a release needs a flag of its own: name them by both.
+            [rollout_body(name, f"{namespace}-{name}") for name in names])
         progress = Progress(count)
         with following(api_client, namespace, progress):
             progress.seen_all.wait(60)
@@ -343,9 +362,7 @@ def controller_run(run: Run, cluster: LocalCluster, database_url: str, namespace
         settings = ControllerSettings(namespace=namespace, identity=f"bench-{secrets.token_hex(3)}",
                                       lease_namespace=namespace, workers=workers)
         controller = Controller(controller_client, engine, settings)
-        outcome: list[int] = []
-        controller_thread = threading.Thread(target=lambda: outcome.append(controller.run()), name="controller",
-                                             daemon=True)
+        controller_thread = threading.Thread(target=controller.run, name="controller", daemon=True)
         bench_threads = [thread for thread in threading.enumerate() if thread is not controller_thread]
         bench_before = threads_cpu_s(bench_threads, bench_thread_group)
         processes_before = {name: cpu_s(Path(f"/proc/{pid}/stat")) for name, pid in processes.items()}
@@ -372,6 +389,8 @@ def controller_run(run: Run, cluster: LocalCluster, database_url: str, namespace
         run.cpu_s[OTHERS] = max(0.0, machine_busy_s() - machine_before_s - ours_s)
         stats = controller.reconciler.stats
         informers = (controller.rollouts.stats, controller.statefulsets.stats)
+        run.queued_at_end = len(controller.queue)
+        run.unfinished = progress.unfinished()
         controller.stop()
         controller_thread.join(60)
     engine.dispose()
@@ -379,9 +398,11 @@ def controller_run(run: Run, cluster: LocalCluster, database_url: str, namespace
     run.reconciles, run.errors = stats.reconciles, stats.errors
     run.plan_ms = (percentile(stats.plan_s, 0.5) * 1000, percentile(stats.plan_s, 0.99) * 1000)
     run.reconcile_ms = (percentile(stats.reconcile_s, 0.5) * 1000, percentile(stats.reconcile_s, 0.99) * 1000)
-    run.api_requests, run.writes = stats.api_requests, controller.executor.writes
-    lists = sum(stats.lists for stats in informers)
-    watches = sum(stats.watches for stats in informers)
+    # The Executor's own count: the reconciler's per-reconcile deltas also catch other workers' requests.
+    run.api_requests, run.writes = controller.executor.api_requests, controller.executor.writes
+    run.api_requests_by_reconciler = stats.api_requests
+    lists = sum(informer.lists for informer in informers)
+    watches = sum(informer.watches for informer in informers)
     run.informer_requests = f"{lists} lists + {watches} watches"
     done_s = [at_s - started_s for at_s in progress.succeeded_times_s()]
     run.rollout_done_s = (percentile(done_s, 0.5), percentile(done_s, 1.0))
@@ -412,10 +433,12 @@ def table(runs: Sequence[Run]) -> list[str]:
         ("first ring ready, p50 (s; new pods)", lambda run: fmt(run.first_ring_s, 2)),
         ("later rings ready, p50 (s; flag only)", lambda run: fmt(run.later_rings_s, 2)),
         ("reconciles", lambda run: f"{run.reconciles:,}"),
+        ("reconciles per second", lambda run: fmt(run.reconciles / run.wall_s) if run.wall_s > 0 else "—"),
         ("reconcile errors", lambda run: f"{run.errors:,}"),
         ("plan() p50 / p99 (ms)", lambda run: f"{fmt(run.plan_ms[0], 2)} / {fmt(run.plan_ms[1], 2)}"),
         ("reconcile p50 / p99 (ms)", lambda run: f"{fmt(run.reconcile_ms[0])} / {fmt(run.reconcile_ms[1])}"),
         ("API requests per reconcile", lambda run: per_reconcile(run.api_requests, run)),
+        ("  the same by ReconcileStats.api_requests", lambda run: per_reconcile(run.api_requests_by_reconciler, run)),
         ("writes per reconcile (API + flags)", lambda run: per_reconcile(run.writes, run)),
         ("informer requests", lambda run: run.informer_requests),
         ("controller CPU per reconcile (ms)", lambda run: per_reconcile(run.controller_cpu_s * 1000, run)),
@@ -468,7 +491,23 @@ def verdict(run: Run) -> str:
     if run.replicas > 0 and not math.isnan(run.first_ring_s) and not math.isnan(run.later_rings_s):
         line += (f"; a first ring (new pods) took {run.first_ring_s:,.1f} s at the median, "
                  f"a flag-only ring {run.later_rings_s:,.1f} s")
+    # Python threads share one GIL: a process near one core of CPU can go no faster, however many workers.
+    process_share = run.cpu_s.get("bench process, all threads", 0.0) / run.wall_s
+    if process_share >= GIL_BOUND:
+        line += (f". Bottleneck: the controller's process, busy {process_share * 100:.0f} % of one core "
+                 "(its threads share one GIL)")
+    elif run.replicas > 0 and run.first_ring_s > 5 * run.later_rings_s and run.first_ring_s > 1:
+        line += ". Bottleneck: waiting on pods (the first ring waits for the new pods; later rings only for flags)"
     return line
+
+
+def scaling(runs: Sequence[Run]) -> str:
+    """plan() and the whole reconcile, from the baseline to the largest run: what grows with the count."""
+    first, last = runs[0], max(runs, key=lambda run: run.count)
+    return (f"from {first.label} to {last.label}: plan() p50 {fmt(first.plan_ms[0], 2)} → {fmt(last.plan_ms[0], 2)} "
+            f"ms; reconcile p50 {fmt(first.reconcile_ms[0])} → {fmt(last.reconcile_ms[0])} ms; controller CPU "
+            f"per reconcile {fmt(first.controller_cpu_s * 1000 / max(1, first.reconciles))} → "
+            f"{fmt(last.controller_cpu_s * 1000 / max(1, last.reconciles))} ms")
 
 
 def main() -> None:
@@ -507,6 +546,8 @@ def main() -> None:
                       + (f" (stopped at the {timeout_for(count) / 60:.0f}-minute timeout)" if run.timed_out else "")
                       + f"; {run.reconciles:,} reconciles; StatefulSets created and ready in "
                       + f"{fmt(run.statefulsets_ready_s)} s", flush=True)
+                if run.timed_out:
+                    print(f"  not done: {run.unfinished}; {run.queued_at_end:,} keys in the work queue", flush=True)
                 infeasible = replicas_each > 0 and count >= 1000 and (run.timed_out or run.wall_s > FEASIBLE_S)
                 if infeasible:
                     print(f"  NOT FEASIBLE HERE: {count:,} Rollouts with {replicas_each} replica(s) each did not "
@@ -529,9 +570,13 @@ def main() -> None:
     print("Where the time went:")
     for run in runs:
         print(f"  {verdict(run)}")
+    if len(runs) > 1:
+        print(f"  {scaling(runs)}")
     print()
     print("API requests per reconcile count the controller's writes and Events (its reads come from the "
-          "informers' caches); flag writes go to the database. The informers' lists (500 objects a page) and "
+          "informers' caches); flag writes go to the database. They are the Executor's total: "
+          "ReconcileStats.api_requests adds up the Executor's count before and after each reconcile, which with "
+          "several workers also takes in the other workers' requests. The informers' lists (500 objects a page) and "
           "watches are counted apart; the Lease is renewed once per 2 s and not counted. RSS is this whole "
           "process's, which also holds the bench's own API client and watch; the baseline is taken right before "
           "the controller starts, and the peak is reset there. CPU is per thread of this process "

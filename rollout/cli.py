@@ -685,7 +685,7 @@ def rollout_abort(target: RolloutArgument, reason: ReasonOption = None, server: 
 
 @rollout_app.command("retry")
 def rollout_retry(target: RolloutArgument, reason: ReasonOption = None, server: ServerOption = None) -> None:
-    """Start a rolled-back (or failure-policy-paused) rollout again from the first ring; a Failed one restores again."""
+    """Start a rolled-back rollout again from the first ring; retry a failure-policy pause or a Failed rollback."""
     _act("retry", target, reason, server)
 
 

@@ -78,17 +78,37 @@ class Controller:
         flag_store = FlagStore(engine)
         self.executor = Executor(api_client, flag_store, RolloutHistory(engine), is_leader=self.elector.is_leader)
         self.reconciler = Reconciler(
-            rollout_of=self.rollouts.get, statefulsets_in=lambda namespace: self.statefulsets.list(namespace),
+            rollout_of=self.rollouts.get, statefulset_of=self.statefulsets.get,
             cohort_store=cohort_store, compiled_sets=CompiledSetCache(cohort_store), flag_store=flag_store,
             executor=self.executor,
         )
         self._workers: list[threading.Thread] = []
+        # (namespace, StatefulSet name) -> the Rollouts that name it, for StatefulSets no Rollout owns.
+        self._rollouts_naming: dict[tuple[str, str], set[str]] = {}
+        self._named_by: dict[str, set[tuple[str, str]]] = {}
+        self._index_lock = threading.Lock()
 
     # Events into the queue
 
-    def _on_rollout(self, _event: str, obj: Mapping[str, Any]) -> None:
+    def _on_rollout(self, event: str, obj: Mapping[str, Any]) -> None:
         metadata = obj.get("metadata", {})
-        self.queue.add(f"{metadata.get('namespace')}/{metadata.get('name')}")
+        namespace = metadata.get("namespace", "")
+        key = f"{namespace}/{metadata.get('name')}"
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        named = set() if event == "DELETED" else {
+            (namespace, name) for name in (spec.get("statefulSetName"), status.get("stableStatefulSet"),
+                                           status.get("newStatefulSet")) if isinstance(name, str)}
+        with self._index_lock:
+            for stale in self._named_by.get(key, set()) - named:
+                self._rollouts_naming.get(stale, set()).discard(key)
+            for fresh in named:
+                self._rollouts_naming.setdefault(fresh, set()).add(key)
+            if named:
+                self._named_by[key] = named
+            else:
+                self._named_by.pop(key, None)
+        self.queue.add(key)
 
     def _on_statefulset(self, _event: str, obj: Mapping[str, Any]) -> None:
         metadata = obj.get("metadata", {})
@@ -98,11 +118,10 @@ class Controller:
             if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(f"{GROUP}/"):
                 self.queue.add(f"{namespace}/{owner.get('name')}")
         # The user's own StatefulSet has no owner: find the Rollouts that name it.
-        for rollout in self.rollouts.list(namespace):
-            spec = rollout.get("spec") or {}
-            status = rollout.get("status") or {}
-            if name in (spec.get("statefulSetName"), status.get("stableStatefulSet"), status.get("newStatefulSet")):
-                self.queue.add(f"{namespace}/{rollout['metadata']['name']}")
+        with self._index_lock:
+            naming = list(self._rollouts_naming.get((namespace, name), ()))
+        for key in naming:
+            self.queue.add(key)
 
     def _on_stopped_leading(self) -> None:
         if not self.stop_event.is_set():

@@ -14,7 +14,6 @@ one replays the cache every resync. The handler is never called by both at once.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import random
@@ -86,7 +85,9 @@ class Informer:
 
     `on_change(event_type, obj)` gets ADDED, MODIFIED or DELETED from the watch, DELETED for objects found
     gone by a relist, and SYNC for every object on each list and resync. The cache already holds the change
-    when the handler runs. The handler gets its own copy of the object, as do get() and list() callers."""
+    when the handler runs. The handler, get() and list() hand out the cache's own objects, without a copy
+    (a controller with thousands of objects cannot afford one per read): callers must not change them.
+    The informer never changes a cached object either; a change replaces it."""
 
     def __init__(
         self,
@@ -159,8 +160,7 @@ class Informer:
         """The cached object (namespace "" for cluster-scoped kinds), or None."""
         with self._cache_lock:
             cached = self._cache.get((namespace, name))
-        # Cached objects are replaced, never changed in place, so copying outside the lock is safe.
-        return copy.deepcopy(cached) if cached is not None else None
+        return cached
 
     def list(self, namespace: str | None = None) -> list[KubeObject]:
         """Every cached object, or those of one namespace, sorted by namespace and name."""
@@ -168,7 +168,7 @@ class Informer:
             cached = sorted(
                 (key, obj) for key, obj in self._cache.items() if namespace is None or key[0] == namespace
             )
-        return [copy.deepcopy(obj) for _, obj in cached]
+        return [obj for _, obj in cached]
 
     # The list-and-watch thread
 
@@ -342,7 +342,7 @@ class Informer:
 
     def _notify(self, event_type: str, obj: KubeObject) -> None:
         try:
-            self._on_change(event_type, copy.deepcopy(obj))
+            self._on_change(event_type, obj)
         except Exception:
             # A handler bug must not stall the informer, nor make it relist.
             metadata = obj.get("metadata") or {}

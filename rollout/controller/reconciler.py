@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -64,7 +64,7 @@ class Reconciler:
         self,
         *,
         rollout_of: Callable[[str, str], Mapping[str, Any] | None],
-        statefulsets_in: Callable[[str], Sequence[Mapping[str, Any]]],
+        statefulset_of: Callable[[str, str], Mapping[str, Any] | None],
         cohort_store: CohortStore,
         compiled_sets: CompiledSetCache,
         flag_store: FlagStore,
@@ -73,7 +73,7 @@ class Reconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.rollout_of = rollout_of
-        self.statefulsets_in = statefulsets_in
+        self.statefulset_of = statefulset_of
         self.cohort_store = cohort_store
         self.compiled_sets = compiled_sets
         self.flag_store = flag_store
@@ -150,10 +150,10 @@ class Reconciler:
         if spec is not None:
             wanted |= {spec.stateful_set_name, new_statefulset_name(spec)}
         views = {}
-        for obj in self.statefulsets_in(rollout.namespace):
-            name = obj.get("metadata", {}).get("name")
-            if name in wanted:
-                views[name] = StatefulSetView.from_object(obj)
+        for name in wanted - {None}:
+            obj = self.statefulset_of(rollout.namespace, name) if name else None
+            if obj is not None:
+                views[obj["metadata"]["name"]] = StatefulSetView.from_object(obj)
         return views
 
     def _cohorts(self, rollout: RolloutView, spec: RolloutSpec, now: datetime) -> tuple[CohortView | None, str | None]:
