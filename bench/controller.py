@@ -27,7 +27,9 @@ import os
 import platform
 import re
 import secrets
+import signal
 import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -65,6 +67,19 @@ OTHERS = "other processes on this machine"
 # The StatefulSets' and flags' names in status messages, so that alike messages count together.
 NAMES = re.compile(r"(bench-[0-9a-z-]+-)?app-\d+(-[0-9a-z]+)?")
 BENCH_WATCH_THREAD = "bench-watch"
+# What the figures mean, printed under the table.
+NOTES = (
+    "Wall time runs from the controller's start (Lease, informers' first lists) until the last Rollout is seen "
+    "Succeeded. "
+    "API requests per reconcile count the controller's writes and Events (its reads come from the "
+    "informers' caches); flag writes go to the database. They are the Executor's total: "
+    "ReconcileStats.api_requests adds up the Executor's count before and after each reconcile, which with "
+    "several workers also takes in the other workers' requests. The informers' lists (500 objects a page) and "
+    "watches are counted apart; the Lease is renewed once per 2 s and not counted. RSS is this whole "
+    "process's, which also holds the bench's own API client and watch; the baseline is taken right before "
+    "the controller starts, and the peak is reset there. CPU is per thread of this process "
+    "(/proc/self/task) and per process of the control plane, during the controller's run."
+)
 
 
 def timeout_for(count: int) -> float:
@@ -517,6 +532,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, help="replicas of every StatefulSet (default 1; 0: no pods)")
     parser.add_argument("--workers", type=int, default=4, help="the controller's reconcile workers")
     arguments = parser.parse_args()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     counts = [int(count) for count in arguments.counts.split(",")] if arguments.counts else list(DEFAULT_COUNTS)
     replicas = 1 if arguments.replicas is None else arguments.replicas
     default_invocation = arguments.counts is None and arguments.replicas is None
@@ -552,7 +568,8 @@ def main() -> None:
                 if infeasible:
                     print(f"  NOT FEASIBLE HERE: {count:,} Rollouts with {replicas_each} replica(s) each did not "
                           f"all succeed within {FEASIBLE_S // 60} minutes on {os.cpu_count()} cores; the figures "
-                          "are what was measured. `--replicas 0` measures the controller without pods.", flush=True)
+                          "are what was measured (see where the time went, below). `--replicas 0` measures "
+                          "the controller without pods.", flush=True)
                     if default_invocation and (count, 0) not in scenarios:
                         scenarios.append((count, 0))
                 if index < len(scenarios):
@@ -563,6 +580,14 @@ def main() -> None:
                     print(f"  namespace deleted in {took} s", flush=True)
         finally:
             cluster.down()
+            # Interrupted or not, what was measured is shown.
+            report(runs)
+    print(f"total benchmark time {(time.monotonic() - started_s) / 60:.1f} min")
+
+
+def report(runs: Sequence[Run]) -> None:
+    if not runs:
+        return
     print()
     for line in table(runs):
         print(line)
@@ -573,15 +598,12 @@ def main() -> None:
     if len(runs) > 1:
         print(f"  {scaling(runs)}")
     print()
-    print("API requests per reconcile count the controller's writes and Events (its reads come from the "
-          "informers' caches); flag writes go to the database. They are the Executor's total: "
-          "ReconcileStats.api_requests adds up the Executor's count before and after each reconcile, which with "
-          "several workers also takes in the other workers' requests. The informers' lists (500 objects a page) and "
-          "watches are counted apart; the Lease is renewed once per 2 s and not counted. RSS is this whole "
-          "process's, which also holds the bench's own API client and watch; the baseline is taken right before "
-          "the controller starts, and the peak is reset there. CPU is per thread of this process "
-          "(/proc/self/task) and per process of the control plane, during the controller's run.")
-    print(f"total benchmark time {(time.monotonic() - started_s) / 60:.1f} min")
+    print(textwrap.fill(NOTES, 110), flush=True)
+
+
+def stop_on_sigterm(_signal: int, _frame: object) -> None:
+    # SystemExit unwinds through the finally blocks: the control plane is stopped, the folder removed.
+    raise SystemExit("stopped by SIGTERM; stopping the local control plane")
 
 
 if __name__ == "__main__":

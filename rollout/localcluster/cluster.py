@@ -349,6 +349,9 @@ class LocalCluster:
             f"--kubeconfig={self.kubeconfig}", f"--controllers={CONTROLLERS}",
             "--leader-elect=false", "--port=0", "--secure-port=0",
             "--use-service-account-credentials=false", "--v=0",
+            # The defaults (20 requests/s, 5 StatefulSet workers) suit a shared production API server;
+            # here they would make the StatefulSet controller the bottleneck of every large test.
+            "--kube-api-qps=300", "--kube-api-burst=600", "--concurrent-statefulset-syncs=20",
         ]
 
     def _simulator_command(self, ports: Ports) -> list[str]:
