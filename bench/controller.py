@@ -59,6 +59,7 @@ READY_DELAY = "200ms"
 READY_TIMEOUT = "60m"
 FEASIBLE_S = 15 * 60
 GIL_BOUND = 0.85
+CORES_SATURATED = 0.8
 CREATE_THREADS = 8
 POLL_S = 1.0
 CLUSTER_PROCESSES = ("kube-apiserver", "etcd", "kube-controller-manager", "simulator")
@@ -72,9 +73,7 @@ NOTES = (
     "Wall time runs from the controller's start (Lease, informers' first lists) until the last Rollout is seen "
     "Succeeded. "
     "API requests per reconcile count the controller's writes and Events (its reads come from the "
-    "informers' caches); flag writes go to the database. They are the Executor's total: "
-    "ReconcileStats.api_requests adds up the Executor's count before and after each reconcile, which with "
-    "several workers also takes in the other workers' requests. The informers' lists (500 objects a page) and "
+    "informers' caches); flag writes go to the database. The informers' lists (500 objects a page) and "
     "watches are counted apart; the Lease is renewed once per 2 s and not counted. RSS is this whole "
     "process's, which also holds the bench's own API client and watch; the baseline is taken right before "
     "the controller starts, and the peak is reset there. CPU is per thread of this process "
@@ -281,7 +280,6 @@ class Run:
     plan_ms: tuple[float, float] = (math.nan, math.nan)
     reconcile_ms: tuple[float, float] = (math.nan, math.nan)
     api_requests: int = 0
-    api_requests_by_reconciler: int = 0
     writes: int = 0
     informer_requests: str = ""
     rss_before_mib: float = math.nan
@@ -415,7 +413,6 @@ def controller_run(run: Run, cluster: LocalCluster, database_url: str, namespace
     run.reconcile_ms = (percentile(stats.reconcile_s, 0.5) * 1000, percentile(stats.reconcile_s, 0.99) * 1000)
     # The Executor's own count: the reconciler's per-reconcile deltas also catch other workers' requests.
     run.api_requests, run.writes = controller.executor.api_requests, controller.executor.writes
-    run.api_requests_by_reconciler = stats.api_requests
     lists = sum(informer.lists for informer in informers)
     watches = sum(informer.watches for informer in informers)
     run.informer_requests = f"{lists} lists + {watches} watches"
@@ -453,7 +450,6 @@ def table(runs: Sequence[Run]) -> list[str]:
         ("plan() p50 / p99 (ms)", lambda run: f"{fmt(run.plan_ms[0], 2)} / {fmt(run.plan_ms[1], 2)}"),
         ("reconcile p50 / p99 (ms)", lambda run: f"{fmt(run.reconcile_ms[0])} / {fmt(run.reconcile_ms[1])}"),
         ("API requests per reconcile", lambda run: per_reconcile(run.api_requests, run)),
-        ("  the same by ReconcileStats.api_requests", lambda run: per_reconcile(run.api_requests_by_reconciler, run)),
         ("writes per reconcile (API + flags)", lambda run: per_reconcile(run.writes, run)),
         ("informer requests", lambda run: run.informer_requests),
         ("controller CPU per reconcile (ms)", lambda run: per_reconcile(run.controller_cpu_s * 1000, run)),
@@ -508,9 +504,15 @@ def verdict(run: Run) -> str:
                  f"a flag-only ring {run.later_rings_s:,.1f} s")
     # Python threads share one GIL: a process near one core of CPU can go no faster, however many workers.
     process_share = run.cpu_s.get("bench process, all threads", 0.0) / run.wall_s
+    busy = cores_busy(run)
     if process_share >= GIL_BOUND:
         line += (f". Bottleneck: the controller's process, busy {process_share * 100:.0f} % of one core "
                  "(its threads share one GIL)")
+    elif busy >= CORES_SATURATED:
+        api_s = run.cpu_s.get("kube-apiserver", 0.0) + run.cpu_s.get("etcd", 0.0)
+        line += (f". Bottleneck: the machine, its {os.cpu_count()} cores {busy * 100:.0f} % busy (controller "
+                 f"{run.controller_cpu_s:,.0f} s, API server + etcd {api_s:,.0f} s, pod side {pods_s:,.0f} s "
+                 f"of CPU): every part waits its turn for a core")
     elif run.replicas > 0 and run.first_ring_s > 5 * run.later_rings_s and run.first_ring_s > 1:
         line += ". Bottleneck: waiting on pods (the first ring waits for the new pods; later rings only for flags)"
     return line

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -67,12 +68,19 @@ class Executor:
         self.clock = clock
         self.writes = 0
         self.api_requests = 0
+        self._counter_lock = threading.Lock()
         kill_after = os.environ.get(KILL_AFTER_WRITES_ENV)
         self.kill_after_writes = int(kill_after) if kill_after else None
 
+    def _count_request(self) -> None:
+        with self._counter_lock:  # several workers share one executor
+            self.api_requests += 1
+
     def _wrote(self) -> None:
-        self.writes += 1
-        if self.kill_after_writes is not None and self.writes >= self.kill_after_writes:
+        with self._counter_lock:
+            self.writes += 1
+            writes = self.writes
+        if self.kill_after_writes is not None and writes >= self.kill_after_writes:
             log.warning("fault injection: killing the controller after %d writes", self.writes)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -89,7 +97,7 @@ class Executor:
                          "resourceVersion": rollout.resource_version},
             "status": status.to_wire(),
         }
-        self.api_requests += 1
+        self._count_request()
         try:
             written: dict[str, Any] = self.custom.replace_namespaced_custom_object_status(
                 GROUP, VERSION, rollout.namespace, PLURAL, rollout.name, body, _request_timeout=REQUEST_TIMEOUT_S)
@@ -118,7 +126,7 @@ class Executor:
         self._wrote()
 
     def _create(self, rollout: RolloutView, action: CreateStatefulSet) -> None:
-        self.api_requests += 1
+        self._count_request()
         try:
             self.apps.create_namespaced_stateful_set(rollout.namespace, dict(action.manifest),
                                                      _request_timeout=REQUEST_TIMEOUT_S)
@@ -132,7 +140,7 @@ class Executor:
             {"op": "test", "path": "/metadata/resourceVersion", "value": action.resource_version},
             {"op": "replace", "path": "/spec/replicas", "value": action.replicas},
         ]
-        self.api_requests += 1
+        self._count_request()
         try:
             self.apps.patch_namespaced_stateful_set(action.name, rollout.namespace, patch,
                                                     _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT_S)
@@ -147,7 +155,7 @@ class Executor:
             preconditions=client.V1Preconditions(uid=action.uid, resource_version=action.resource_version),
             propagation_policy="Background",
         )
-        self.api_requests += 1
+        self._count_request()
         try:
             self.apps.delete_namespaced_stateful_set(action.name, rollout.namespace, body=options,
                                                      _request_timeout=REQUEST_TIMEOUT_S)
@@ -197,7 +205,7 @@ class Executor:
             "reason": action.reason, "message": action.message[:1024], "type": action.type,
             "source": {"component": COMPONENT}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
-        self.api_requests += 1
+        self._count_request()
         try:
             self.core.create_namespaced_event(rollout.namespace, event, _request_timeout=REQUEST_TIMEOUT_S)
         except ApiException as error:
@@ -207,7 +215,7 @@ class Executor:
     def _clear_request(self, rollout: RolloutView, action: ClearRequest) -> None:
         path = "/metadata/annotations/" + REQUEST_ANNOTATION.replace("~", "~0").replace("/", "~1")
         patch = [{"op": "test", "path": path, "value": action.value}, {"op": "remove", "path": path}]
-        self.api_requests += 1
+        self._count_request()
         try:
             self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, rollout.namespace, PLURAL, rollout.name, patch,
