@@ -654,3 +654,16 @@ def test_no_mutation_of_a_valid_spec_makes_plan_raise(data: st.DataObject) -> No
                                    min_size=1, max_size=3), label="mutations")
 
     assert_plans_are_valid_or_name_a_spec_field(mutated(base, mutations))
+
+
+def test_a_succeeded_rollout_that_lost_its_status_keeps_the_version_that_serves() -> None:
+    world = World(rollout_spec(), replicas=3)
+    world.run_until_phase("Succeeded")
+    serving = world.status.stable_stateful_set
+    assert serving is not None
+    del world.rollout["status"]  # e.g. restored from a backup that does not keep status
+    for _ in range(5):
+        world.step()
+    assert world.status.phase == "Succeeded" and world.status.stable_stateful_set == serving
+    assert (world.replicas(serving), world.replicas(STATEFULSET)) == (3, 0)
+    assert world.events_named("Recovered")

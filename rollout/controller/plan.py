@@ -258,6 +258,8 @@ class _Planner:
             self.update(phase=track)
 
     def start(self, spec: RolloutSpec, steps: list[RingStep], desired: str) -> None:
+        if self.recovered(spec, desired):
+            return
         stable_name = self.status.stable_stateful_set or spec.stateful_set_name
         stable = self.statefulset(stable_name)
         if stable is None:
@@ -308,6 +310,23 @@ class _Planner:
             promoted_rings=[], waiting_since=None, bake_until=None, bake_remaining_seconds=None,
             rollback_reason=None, paused_reason=None, history=history[-MAX_HISTORY:],
         )
+
+    def recovered(self, spec: RolloutSpec, desired: str) -> bool:
+        """A Rollout that lost its status after succeeding: its own StatefulSet of this revision serves, the
+        original is at 0. Starting again would pin a target of 0; take the serving one as stable instead."""
+        if self.status.stable_stateful_set is not None:
+            return False
+        serving = self.statefulset(new_statefulset_name(spec))
+        original = self.statefulset(spec.stateful_set_name)
+        if serving is None or self.rollout.uid not in serving.owner_uids or serving.replicas == 0 or (
+                original is not None and original.replicas > 0):
+            return False
+        self.transition("Normal", "Recovered", f"no status was recorded, but {serving.name} (this Rollout's, "
+                                               f"revision {desired}) serves {serving.replicas} replicas and "
+                                               f"{spec.stateful_set_name} none: taken as the stable version",
+                        track="Succeeded", phase="Succeeded", step="Done", stable_stateful_set=serving.name,
+                        stable_revision=desired, revision=desired)
+        return True
 
     def progress(self, spec: RolloutSpec, steps: list[RingStep]) -> None:
         status = self.status
