@@ -16,6 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from rollout.controller.spec import GROUP, PLURAL, VERSION
+from tests.polling import eventually
 
 CANARY_RINGS = ("canary", "early-adopter", "stable", "laggard")
 
@@ -56,14 +57,7 @@ def rollout(name: str, target: str, *, flag: str, bakes: tuple[str, ...] = ("0s"
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, poll_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
+    return eventually(predicate, timeout_s, what, poll_s)
 
 
 def get_rollout(api_client: Any, namespace: str, name: str) -> dict[str, Any]:

@@ -36,6 +36,20 @@ def run(environment: dict[str, str], *arguments: str, check: bool = True) -> sub
     return completed
 
 
+def wait_until_serving(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    """Until `ringmaster serve` answers /readyz; fails with its log if it exits, or after 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, "ringmaster serve did not become ready in 30 s"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A migrated SQLite database and `ringmaster serve` on a free port; yields the CLI's environment."""
@@ -49,16 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     sync_port = free_port()
     process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", str(sync_port)],
                                env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, (data_dir / "serve.log").read_text()
-        assert time.monotonic() < deadline, "ringmaster serve did not become ready in 30 s"
-        time.sleep(0.1)
+    wait_until_serving(process, port, data_dir / "serve.log")
     environment["SERVE_PID"] = str(process.pid)
     environment["SYNC_PORT"] = str(sync_port)
     yield environment

@@ -7,32 +7,21 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from rollout.localcluster.cluster import LocalCluster
+from tests.polling import eventually
 
 GROUP = "contract.ringmaster.dev"
 PLURAL = "widgets"
 # The client sends custom-object patches as merge patches unless told otherwise, lists included.
 JSON_PATCH = "application/json-patch+json"
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], timeout_s: float = 30, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout_s} s")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

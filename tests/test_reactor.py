@@ -12,8 +12,8 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,21 +21,10 @@ from kubernetes import client
 
 from rollout.controller.reactor import STATEFULSETS, Informer, ResourceKind
 from rollout.localcluster.cluster import LocalCluster
+from tests.polling import eventually
 
 CONFIGMAPS = ResourceKind("", "v1", "configmaps")
 EVENTS = ResourceKind("", "v1", "events")
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], timeout_s: float = 30, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout_s} s")
-        time.sleep(0.05)
 
 
 class Recorder:

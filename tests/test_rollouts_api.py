@@ -7,13 +7,11 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -30,7 +28,7 @@ from rollout.localcluster.cluster import LocalCluster
 from rollout.settings import ServiceSettings
 from tests.controller_harness import get_rollout, rollout
 from tests.test_api import assert_problem
-from tests.test_cli import REPOSITORY, RINGMASTER, free_port, run
+from tests.test_cli import REPOSITORY, RINGMASTER, free_port, run, wait_until_serving
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 ACTOR = "ana@example.com"
@@ -272,16 +270,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, local_cluster: LocalCluster
         process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", "0"],
                                    env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "ringmaster serve did not become ready in 30 s"
-                time.sleep(0.1)
+            wait_until_serving(process, port, log_path)
             yield environment
         finally:
             process.kill()
