@@ -26,9 +26,11 @@ from rollout.controller.actions import (
     CreateStatefulSet,
     DeleteStatefulSet,
     RecordEvent,
+    RecordGateResult,
     ScaleStatefulSet,
     SetFlagRings,
 )
+from rollout.controller.gating import due, resolve_gates
 from rollout.controller.observed import (
     REQUEST_ANNOTATION,
     AndonView,
@@ -42,6 +44,7 @@ from rollout.controller.observed import (
 from rollout.controller.plan import Plan, plan
 from rollout.controller.spec import InvalidRolloutSpec, RolloutSpec, Scaling, parse_rollout_spec
 from rollout.controller.status import Phase, RolloutStatus, parse_status
+from rollout.gates.verdicts import Judgment, Measurement
 
 NAMESPACE = "prod"
 ROLLOUT_NAME = "web"
@@ -244,6 +247,11 @@ class World:
         self.statefulsets: dict[str, SimulatedStatefulSet] = {}
         self.flags: dict[str, FlagView] = {}
         self.andon = AndonView()
+        # Prometheus, as the gates see it: SLOGates by name, and what a gate measures (gate, ring, time).
+        self.slogates: dict[str, Any] = {}
+        self.measure: Callable[[str, str, datetime], Judgment] = lambda *_: Judgment("Passed", message="fine")
+        self.measurements: list[Measurement] = []
+        self.gate_results: list[RecordGateResult] = []
         self.events: list[tuple[datetime, RecordEvent]] = []
         self.plans: list[Plan] = []
         self.timeline: list[Snapshot] = []
@@ -378,18 +386,33 @@ class World:
         spec = self.spec if isinstance(self.spec, dict) else {}
         cohort_set = spec.get("cohortSet", COHORTS.name)
         known = cohort_set == COHORTS.name
+        model = self.spec_model()
+        gates, gate_problems = resolve_gates(model, model.ring_steps(RINGS), self.slogates) if model else ({}, [])
         observed = Observed(
             statefulsets={name: StatefulSetView.from_object(sset.to_object())
                           for name, sset in self.statefulsets.items()},
             cohorts=COHORTS if known else None,
             cohort_error=None if known else f"cohort set {cohort_set!r} does not exist",
             flag=self.flag,
+            gates=gates,
+            gate_problems=tuple(gate_problems),
         )
         return rollout, observed
 
+    def measured(self, rollout: RolloutView, observed: Observed) -> dict[str, Measurement]:
+        """The gates due now, measured by `self.measure`, as the shell would query Prometheus."""
+        status = rollout.status
+        ring = status.current_ring or ""
+        kinds = {gate.name: gate.spec.kind for gate in observed.gates.get(ring, ())}
+        return {name: Measurement(name, kinds.get(name, "threshold"), ring, self.now, (f"query of {name}",),
+                                  self.measure(name, ring, self.now))
+                for name in due(status, self.spec_model(), self.andon.pulled, self.now)}
+
     def reconcile(self, crash: Crash | None = None) -> Plan:
         rollout, observed = self.observe()
-        decided = plan(rollout, observed, self.andon, self.now)
+        verdicts = self.measured(rollout, observed)
+        self.measurements.extend(verdicts.values())
+        decided = plan(rollout, observed, verdicts, self.andon, self.now)
         self.plans.append(decided)
         if crash is None or crash.status_written:
             self.write_status(decided.status)
@@ -446,6 +469,8 @@ class World:
                 annotations = self.rollout["metadata"]["annotations"]
                 if annotations.get(REQUEST_ANNOTATION) == value:
                     del annotations[REQUEST_ANNOTATION]
+            case RecordGateResult():
+                self.gate_results.append(action)
 
     def statefulset_at(self, name: str, resource_version: str) -> SimulatedStatefulSet:
         sset = self.statefulsets.get(name)

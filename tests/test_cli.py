@@ -58,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
                    "RINGMASTER_SERVER": f"http://127.0.0.1:{port}"}
     environment.pop("RINGMASTER_DATABASE_URL", None)
-    assert "0003_rollout_history" in run(environment, "db", "upgrade").stdout
+    assert "0004_gate_results" in run(environment, "db", "upgrade").stdout
     log = (data_dir / "serve.log").open("w")
     sync_port = free_port()
     process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", str(sync_port)],

@@ -13,7 +13,7 @@ from kubernetes import client
 from cohorts.db import make_engine, upgrade
 from rollout.controller.act import Executor, StaleWrite
 from rollout.controller.crd import install_crd
-from rollout.controller.history import RolloutHistory
+from rollout.controller.history import GateResults, RolloutHistory
 from rollout.controller.observed import RolloutView
 from rollout.controller.spec import GROUP, PLURAL, VERSION
 from rollout.flags.store import FlagStore
@@ -91,11 +91,12 @@ def test_a_controller_that_is_not_the_leader_or_read_a_stale_rollout_cannot_writ
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, rollout("web", "web", flag="fenced"))
     stale = RolloutView.from_object(get_rollout(api_client, namespace, "web"))
     engine = make_engine(database_file_url)
-    deposed = Executor(api_client, FlagStore(engine), RolloutHistory(engine), is_leader=lambda: False)
+    deposed = Executor(api_client, FlagStore(engine), RolloutHistory(engine), GateResults(engine),
+                       is_leader=lambda: False)
     with pytest.raises(StaleWrite, match="Lease"):
         deposed.write_status(stale, stale.status.model_copy(update={"message": "from a deposed leader"}))
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "web", {"spec": {"paused": True}})
-    leader = Executor(api_client, FlagStore(engine), RolloutHistory(engine))
+    leader = Executor(api_client, FlagStore(engine), RolloutHistory(engine), GateResults(engine))
     with pytest.raises(StaleWrite):
         leader.write_status(stale, stale.status.model_copy(update={"message": "planned on a stale read"}))
     assert "message" not in (get_rollout(api_client, namespace, "web").get("status") or {})

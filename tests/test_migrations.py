@@ -9,7 +9,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DatabaseError
 
 import cohorts.tables  # noqa: F401  (registers the tables on Base.metadata)
-import rollout.controller.history  # (and rollout_history)
+import rollout.controller.history  # (and rollout_history, gate_results)
 import rollout.flags.tables  # noqa: F401  (and the flag tables)
 from cohorts.db import (
     Base,
@@ -30,6 +30,7 @@ TABLES = {
     "cohort_sets",
     "flag_versions",
     "flags",
+    "gate_results",
     "rollout_history",
     "usage_metrics",
     "usage_users",
@@ -65,7 +66,7 @@ def test_upgrade_downgrade_to_base_and_upgrade_again_leaves_a_fresh_database(
 ) -> None:
     engine = make_engine(database_url)
     try:
-        assert current_revision(engine) == head_revision() == "0003_rollout_history"
+        assert current_revision(engine) == head_revision() == "0004_gate_results"
         assert set(inspect(engine).get_table_names()) == TABLES
 
         downgrade(database_url, "base")

@@ -25,10 +25,11 @@ from rollout.controller.actions import (
     CreateStatefulSet,
     DeleteStatefulSet,
     RecordEvent,
+    RecordGateResult,
     ScaleStatefulSet,
     SetFlagRings,
 )
-from rollout.controller.history import HistoryEntry, RolloutHistory
+from rollout.controller.history import GateResultEntry, GateResults, HistoryEntry, RolloutHistory
 from rollout.controller.observed import REQUEST_ANNOTATION, RolloutView
 from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
 from rollout.controller.status import RolloutStatus
@@ -55,6 +56,7 @@ class Executor:
         api_client: Any,
         flag_store: FlagStore,
         history: RolloutHistory,
+        gate_results: GateResults,
         *,
         is_leader: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -64,6 +66,7 @@ class Executor:
         self.custom = client.CustomObjectsApi(api_client)
         self.flag_store = flag_store
         self.history = history
+        self.gate_results = gate_results
         self.is_leader = is_leader
         self.clock = clock
         self.writes = 0
@@ -123,6 +126,9 @@ class Executor:
             return  # an Event is no step of the rollout: no fault is injected after it
         elif isinstance(action, ClearRequest):
             self._clear_request(rollout, action)
+        elif isinstance(action, RecordGateResult):
+            self._record_gate_result(rollout, action)
+            return  # a database row, no step of the rollout
         self._wrote()
 
     def _create(self, rollout: RolloutView, action: CreateStatefulSet) -> None:
@@ -211,6 +217,16 @@ class Executor:
         except ApiException as error:
             # An Event is a courtesy; the status and the database hold the record.
             log.warning("%s: event %s not recorded: %s", rollout.key, action.reason, error.reason)
+
+    def _record_gate_result(self, rollout: RolloutView, action: RecordGateResult) -> None:
+        measurement = action.measurement
+        judgment = measurement.judgment
+        self.gate_results.record(GateResultEntry(
+            at=measurement.at, namespace=rollout.namespace, name=rollout.name, rollout_uid=rollout.uid,
+            revision=action.revision, ring=measurement.ring, gate=measurement.gate, kind=measurement.kind,
+            sequence=action.sequence, verdict=measurement.verdict, values=dict(judgment.values),
+            threshold=judgment.threshold, message=judgment.message, queries=list(measurement.queries),
+        ))
 
     def _clear_request(self, rollout: RolloutView, action: ClearRequest) -> None:
         path = "/metadata/annotations/" + REQUEST_ANNOTATION.replace("~", "~0").replace("/", "~1")

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rollout.gates.verdicts import Measurement
+
 
 @dataclass(frozen=True)
 class CreateStatefulSet:
@@ -64,4 +66,14 @@ class ClearRequest:
     value: str
 
 
-Action = CreateStatefulSet | ScaleStatefulSet | DeleteStatefulSet | SetFlagRings | RecordEvent | ClearRequest
+@dataclass(frozen=True)
+class RecordGateResult:
+    """Keep a gate's measurement in the database (the status holds only the latest per gate)."""
+
+    measurement: Measurement
+    sequence: int
+    revision: str
+
+
+Action = (CreateStatefulSet | ScaleStatefulSet | DeleteStatefulSet | SetFlagRings | RecordEvent | ClearRequest
+          | RecordGateResult)

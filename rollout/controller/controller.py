@@ -23,18 +23,21 @@ from sqlalchemy import Engine
 from cohorts.cache import CompiledSetCache
 from cohorts.store import CohortStore
 from rollout.controller.act import Executor, StaleWrite
-from rollout.controller.history import RolloutHistory
+from rollout.controller.history import GateResults, RolloutHistory
 from rollout.controller.leader import LeaderElector
 from rollout.controller.reactor import Informer, ResourceKind
 from rollout.controller.reconciler import Reconciler
 from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
 from rollout.controller.workqueue import WorkQueue
 from rollout.flags.store import FlagStore
+from rollout.gates.prometheus import Prometheus
+from rollout.gates.spec import PLURAL as SLOGATE_PLURAL
 
 log = logging.getLogger(__name__)
 
 ROLLOUTS = ResourceKind(GROUP, VERSION, PLURAL)
 STATEFULSETS = ResourceKind("apps", "v1", "statefulsets")
+SLOGATES = ResourceKind(GROUP, VERSION, SLOGATE_PLURAL)
 EXIT_LOST_LEASE = 3
 
 
@@ -54,6 +57,7 @@ class ControllerSettings:
     workers: int = 4
     resync_s: float = 300.0
     watch_timeout_s: int = 300
+    prometheus_url: str | None = None
 
 
 class Controller:
@@ -66,6 +70,9 @@ class Controller:
         self.statefulsets = Informer(api_client, STATEFULSETS, self._on_statefulset, namespace=settings.namespace,
                                      resync_s=settings.resync_s, watch_timeout_s=settings.watch_timeout_s,
                                      request_timeout_s=settings.watch_timeout_s + 30, name="statefulsets")
+        self.slogates = Informer(api_client, SLOGATES, self._on_slogate, namespace=settings.namespace,
+                                 resync_s=settings.resync_s, watch_timeout_s=settings.watch_timeout_s,
+                                 request_timeout_s=settings.watch_timeout_s + 30, name="slogates")
         self.stop_event = threading.Event()
         self.lost_lease = threading.Event()
         self.elector = LeaderElector(
@@ -76,11 +83,13 @@ class Controller:
         )
         cohort_store = CohortStore(engine)
         flag_store = FlagStore(engine)
-        self.executor = Executor(api_client, flag_store, RolloutHistory(engine), is_leader=self.elector.is_leader)
+        self.executor = Executor(api_client, flag_store, RolloutHistory(engine), GateResults(engine),
+                                 is_leader=self.elector.is_leader)
+        self.prometheus = Prometheus(settings.prometheus_url) if settings.prometheus_url else None
         self.reconciler = Reconciler(
             rollout_of=self.rollouts.get, statefulset_of=self.statefulsets.get,
             cohort_store=cohort_store, compiled_sets=CompiledSetCache(cohort_store), flag_store=flag_store,
-            executor=self.executor,
+            executor=self.executor, slogates_of=self._slogates_in, prometheus=self.prometheus,
         )
         self._workers: list[threading.Thread] = []
         # (namespace, StatefulSet name) -> the Rollouts that name it, for StatefulSets no Rollout owns.
@@ -123,6 +132,15 @@ class Controller:
         for key in naming:
             self.queue.add(key)
 
+    def _on_slogate(self, _event: str, obj: Mapping[str, Any]) -> None:
+        # Few Rollouts per namespace, rare SLOGate changes: look at every Rollout there again.
+        namespace = obj.get("metadata", {}).get("namespace", "")
+        for rollout in self.rollouts.list(namespace):
+            self.queue.add(f"{namespace}/{rollout['metadata']['name']}")
+
+    def _slogates_in(self, namespace: str) -> dict[str, Any]:
+        return {gate["metadata"]["name"]: gate.get("spec") for gate in self.slogates.list(namespace)}
+
     def _on_stopped_leading(self) -> None:
         if not self.stop_event.is_set():
             log.error("lost the Lease %s/%s: stopping the workers", self.settings.lease_namespace,
@@ -136,6 +154,7 @@ class Controller:
         """Run until `stop()` (exit code 0) or until the Lease is lost (EXIT_LOST_LEASE)."""
         self.rollouts.start()
         self.statefulsets.start()
+        self.slogates.start()
         self.elector.start()
         log.info("controller %s: campaigning for Lease %s/%s", self.elector.identity,
                  self.settings.lease_namespace, self.settings.lease_name)
@@ -146,7 +165,7 @@ class Controller:
             if self.stop_event.is_set():
                 return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
             log.info("controller %s leads", self.elector.identity)
-            while not (self.rollouts.wait_synced(1.0) and self.statefulsets.wait_synced(1.0)):
+            while not all(informer.wait_synced(1.0) for informer in (self.rollouts, self.statefulsets, self.slogates)):
                 if self.stop_event.is_set():
                     return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
             for rollout in self.rollouts.list():
@@ -164,6 +183,7 @@ class Controller:
             self.elector.stop(release=not self.lost_lease.is_set())
             self.rollouts.stop()
             self.statefulsets.stop()
+            self.slogates.stop()
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -1,6 +1,7 @@
-"""The Rollout CustomResourceDefinition: where its manifest is, and installing it idempotently.
+"""The Rollout and SLOGate CustomResourceDefinitions: where their manifests are, and installing them
+idempotently.
 
-The manifest is deploy/crd/rollouts.yaml in the source tree, found relative to this file; that holds
+The manifests are deploy/crd/rollouts.yaml and slogates.yaml in the source tree, found relative to this file; that holds
 for the editable install (`pip install -e .`) the project uses, not for a wheel, which does not ship
 deploy/.
 """
@@ -16,6 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "deploy" / "crd" / "rollouts.yaml"
+SLOGATE_CRD_PATH = CRD_PATH.with_name("slogates.yaml")
 _POLL_S = 0.1
 
 
@@ -23,15 +25,20 @@ class CrdNotEstablished(RuntimeError):
     """The API server did not accept or serve the Rollout CRD in time; the message says what it reported."""
 
 
-def crd_manifest() -> dict[str, Any]:
-    manifest: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+def crd_manifest(path: Path | None = None) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((path or CRD_PATH).read_text())
     return manifest
 
 
 def install_crd(api_client: client.ApiClient, *, timeout_s: float = 30) -> None:
-    """Create the Rollout CRD, or replace it with the manifest's version, then wait until it is Established."""
+    """Create the Rollout and SLOGate CRDs, or replace them with the manifests' versions, then wait until
+    each is Established."""
+    for path in (CRD_PATH, SLOGATE_CRD_PATH):
+        _install(api_client, crd_manifest(path), timeout_s)
+
+
+def _install(api_client: client.ApiClient, manifest: dict[str, Any], timeout_s: float) -> None:
     extensions = client.ApiextensionsV1Api(api_client)
-    manifest = crd_manifest()
     name = manifest["metadata"]["name"]
     deadline = time.monotonic() + timeout_s
     while True:

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cohorts.errors import SpecProblem
+from rollout.controller.gating import ResolvedGate
 from rollout.controller.status import RolloutStatus, parse_status
 
 REVISION_LABEL = "ringmaster.dev/revision"
@@ -158,3 +160,5 @@ class Observed:
     cohort_error: str | None = None
     flag: FlagView | None = None
     flag_error: str | None = None
+    gates: Mapping[str, tuple[ResolvedGate, ...]] = field(default_factory=dict)  # by ring
+    gate_problems: tuple[SpecProblem, ...] = ()

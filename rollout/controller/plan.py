@@ -1,8 +1,9 @@
-"""The controller's decisions: `plan(rollout, observed, andon, now) -> Plan(actions, status, requeue)`.
+"""The controller's decisions: `plan(rollout, observed, verdicts, andon, now) -> Plan(actions, status, requeue)`.
 
 A pure function of data. It reads the Rollout (spec, recorded status, a pending request), what the
-informers and the database show, and the andon cord; it returns the status to record and the
-actions to take, in order. The shell records the status first (with a resourceVersion
+informers and the database show, the gates' new measurements (`verdicts`) and the andon cord; a ring
+is promoted when its bake is over and its gates passed (rollout/controller/gating.py). It returns
+the status to record and the actions to take, in order. The shell records the status first (with a resourceVersion
 precondition) and then executes the actions, each derived from observed state, so a crash or a
 change of leader between any two of them resumes without doing anything twice.
 
@@ -14,19 +15,20 @@ active track while it is frozen: nothing is scaled, no flag changes, and bake ti
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from cohorts.errors import SpecProblem
-from rollout.controller import mbb
+from rollout.controller import gating, mbb
 from rollout.controller.actions import (
     Action,
     ClearRequest,
     CreateStatefulSet,
     DeleteStatefulSet,
     RecordEvent,
+    RecordGateResult,
     ScaleStatefulSet,
     SetFlagRings,
 )
@@ -55,11 +57,13 @@ from rollout.controller.status import (
     MAX_HISTORY,
     Condition,
     ConditionType,
+    GateStatus,
     Phase,
     Pin,
     RingRecord,
     RolloutStatus,
 )
+from rollout.gates.verdicts import Measurement
 
 # Waiting on something the informers will report anyway; this is only a safety net.
 RECHECK_S = 30.0
@@ -73,8 +77,10 @@ class Plan:
     requeue_after_s: float | None
 
 
-def plan(rollout: RolloutView, observed: Observed, andon: AndonView, now: datetime) -> Plan:
-    return _Planner(rollout, observed, andon, now).run()
+def plan(rollout: RolloutView, observed: Observed, verdicts: Mapping[str, Measurement], andon: AndonView,
+         now: datetime) -> Plan:
+    """`verdicts`: the gates measured for this reconcile (those `gating.due()` named), by gate name."""
+    return _Planner(rollout, observed, verdicts, andon, now).run()
 
 
 def new_statefulset_name(spec: RolloutSpec) -> str:
@@ -93,9 +99,11 @@ def needs_shares(rollout: RolloutView, spec: RolloutSpec) -> bool:
 
 
 class _Planner:
-    def __init__(self, rollout: RolloutView, observed: Observed, andon: AndonView, now: datetime) -> None:
+    def __init__(self, rollout: RolloutView, observed: Observed, verdicts: Mapping[str, Measurement],
+                 andon: AndonView, now: datetime) -> None:
         self.rollout = rollout
         self.observed = observed
+        self.verdicts = verdicts
         self.andon = andon
         self.now = now
         self.before = rollout.status
@@ -145,7 +153,7 @@ class _Planner:
         if self.observed.cohorts is None:
             self.hold(f"cohort set {spec.cohort_set!r} cannot be read: {self.observed.cohort_error}")
             return None
-        problems = check_rings(spec, self.observed.cohorts.rings)
+        problems = check_rings(spec, self.observed.cohorts.rings) or list(self.observed.gate_problems)
         if problems:
             self.reject(problems)
             return None
@@ -192,8 +200,12 @@ class _Planner:
                     self.update(bake_until=self.now)
                 else:
                     self.update(bake_remaining_seconds=0.0)
+                if any(gate.phase in ("Failed", "Inconclusive") for gate in self.status.gates):
+                    self.update(paused_reason=None)  # the human judged what the gates could not
+                self.update(gates=[gate.model_copy(update={"phase": "Skipped"})
+                                   if gate.phase not in ("Passed",) else gate for gate in self.status.gates])
                 self.event("Normal", "Promoted", f"ring {self.status.current_ring} promoted by request; "
-                                                 "the rest of its bake is skipped")
+                                                 "the rest of its bake and its gates are skipped")
             else:
                 self.event("Warning", "NothingToPromote", "promote skips a ring's bake, and no ring is baking")
         elif verb == "abort":
@@ -217,7 +229,8 @@ class _Planner:
                                                         f"this one is {track}")
         elif verb == "resume":
             if self.status.paused_reason is not None:
-                self.update(paused_reason=None, waiting_since=None)
+                self.update(paused_reason=None, waiting_since=None,
+                            gates=[gating.reopened(gate, self.now) for gate in self.status.gates])
                 self.event("Normal", "Resumed", "resumed by request")
             elif spec.paused:
                 self.event("Warning", "StillPaused", "spec.paused is true; set it to false to resume")
@@ -308,7 +321,7 @@ class _Planner:
             track="Progressing", phase="Progressing", revision=desired, stable_stateful_set=stable_name,
             new_stateful_set=new_statefulset_name(spec), pin=pin, ring_index=0, current_ring=first,
             promoted_rings=[], waiting_since=None, bake_until=None, bake_remaining_seconds=None,
-            rollback_reason=None, paused_reason=None, history=history[-MAX_HISTORY:],
+            rollback_reason=None, paused_reason=None, history=history[-MAX_HISTORY:], gates=[],
         )
 
     def recovered(self, spec: RolloutSpec, desired: str) -> bool:
@@ -374,24 +387,46 @@ class _Planner:
                                           f"{spec.flag.key} is on for {', '.join(promoted)}")
 
     def bake(self, spec: RolloutSpec, steps: list[RingStep], index: int, ring: RingStep) -> None:
-        status = self.status
-        until = status.bake_until
+        until = self.status.bake_until
+        gates = self.observed.gates.get(ring.name, ())
         if until is None:
             until = self.now + timedelta(seconds=ring.bake_s)
-            self.update(bake_until=until, message=f"ring {ring.name} is up; baking until {until.isoformat()}")
+            self.update(bake_until=until, gates=gating.start(gates, ring.name, self.now, until),
+                        message=f"ring {ring.name} is up; baking until {until.isoformat()}"
+                                + (f", judged by gates {', '.join(gate.name for gate in gates)}" if gates else ""))
         self.update(step="Baking")
-        if self.now < until:
-            self.requeue((until - self.now).total_seconds())
+        self.keep_gates(gates, ring.name, until)
+        if self.judge_gates(spec, gates, ring.name, until):
             return
+        next_measurements = [gate.next_at for gate in self.status.gates
+                             if gate.phase in ("Running", "Held") and gate.next_at is not None]
+        if self.now < until:
+            held = [gating.explain_hold(gate) for gate in self.status.gates if gate.phase == "Held"]
+            if held:
+                self.update(message=f"ring {ring.name} is baking until {until.isoformat()}; gates holding: "
+                                    + "; ".join(held))
+            self.requeue((min([until, *next_measurements]) - self.now).total_seconds())
+            return
+        specs = {gate.name: gate.spec for gate in gates}
+        unsettled = [gate for gate in self.status.gates if not gating.settled(gate, specs.get(gate.name), until)]
+        if unsettled:
+            self.update(step="AwaitingEvidence",
+                        message=f"ring {ring.name} has baked; holding until its gates pass: "
+                                + "; ".join(gating.explain_hold(gate) for gate in unsettled))
+            self.requeue((min(next_measurements, default=self.now + timedelta(seconds=RECHECK_S)) - self.now)
+                         .total_seconds())
+            return
+        status = self.status
         history = list(status.history)
         if history and history[-1].promoted_at is None:
             history[-1] = history[-1].model_copy(update={"promoted_at": self.now, "outcome": "promoted"})
         if index + 1 < len(steps):
             following = steps[index + 1].name
             history.append(RingRecord(ring=following, revision=status.revision or "", started_at=self.now))
-            self.transition("Normal", "RingPromoted", f"ring {ring.name} baked; moving to ring {following}",
+            passed = f" and passed gates {', '.join(gate.name for gate in status.gates)}" if status.gates else ""
+            self.transition("Normal", "RingPromoted", f"ring {ring.name} baked{passed}; moving to ring {following}",
                             ring_index=index + 1, current_ring=following, bake_until=None,
-                            history=history[-MAX_HISTORY:])
+                            history=history[-MAX_HISTORY:], gates=[])
             self.progress(spec, steps)
             return
         stable = self.statefulset(status.stable_stateful_set)
@@ -404,10 +439,52 @@ class _Planner:
             track="Succeeded", phase="Succeeded", step="Done", stable_stateful_set=status.new_stateful_set,
             stable_revision=status.revision, new_stateful_set=None, bake_until=None, current_ring=None,
             retire_stateful_set=status.stable_stateful_set if owned else None,
-            retire_after=self.now + window if owned else None, history=history[-MAX_HISTORY:],
+            retire_after=self.now + window if owned else None, history=history[-MAX_HISTORY:], gates=[],
         )
         if owned:
             self.requeue(window.total_seconds())
+
+    def keep_gates(self, gates: Sequence[gating.ResolvedGate], ring: str, until: datetime) -> None:
+        """The ring's gate statuses, following edits of the spec: gates removed are dropped, added ones start."""
+        kept = {gate.name: gate for gate in self.status.gates if gate.ring == ring}
+        wanted = [kept.get(gate.name) or gating.start([gate], ring, self.now, until)[0] for gate in gates]
+        if wanted != list(self.status.gates):
+            self.update(gates=wanted)
+
+    def judge_gates(self, spec: RolloutSpec, gates: Sequence[gating.ResolvedGate], ring: str,
+                    until: datetime) -> bool:
+        """Record the new measurements; True when a gate failed or is inconclusive and the rollout stopped."""
+        specs = {gate.name: gate.spec for gate in gates}
+        judged: list[GateStatus] = []
+        for gate in self.status.gates:
+            measurement = self.verdicts.get(gate.name)
+            if measurement is not None and measurement.ring == ring and gate.phase in ("Running", "Held"):
+                gate = gating.record(gate, specs[gate.name], measurement, until)
+                self.actions.append(RecordGateResult(measurement, sequence=gate.measurements,
+                                                     revision=self.status.revision or ""))
+            judged.append(gate)
+        self.update(gates=judged)
+        failed = next((gate for gate in judged if gate.phase == "Failed"), None)
+        if failed is not None:
+            why = f"gate {failed.name} failed in ring {ring}: {failed.last.message if failed.last else ''}"
+            if spec.failure_policy == "pause":
+                self.update(paused_reason=why)
+                self.freeze("Paused", f"paused: {why}")
+                self.event("Warning", "GateFailed", f"{why}; paused (failurePolicy pause): resume or abort")
+                return True
+            self.transition("Warning", "GateFailed", f"{why}; rolling back", track="RollingBack",
+                            phase="RollingBack", rollback_reason=why, bake_until=None)
+            self.roll_back(spec)
+            return True
+        unsure = next((gate for gate in judged if gate.phase == "Inconclusive"), None)
+        if unsure is not None:
+            why = (f"gate {unsure.name} is inconclusive in ring {ring}: "
+                   f"{unsure.last.message if unsure.last else ''}")
+            self.update(paused_reason=why)
+            self.freeze("Paused", f"paused: {why}; resume to measure again, promote to go on, abort to roll back")
+            self.event("Warning", "GateInconclusive", f"{why}; paused for a human: resume, promote or abort")
+            return True
+        return False
 
     def roll_back(self, spec: RolloutSpec) -> None:
         status = self.status

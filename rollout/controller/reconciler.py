@@ -1,7 +1,8 @@
-"""One reconcile of one Rollout: observe (caches and database) → plan (pure) → act (status first, then actions).
+"""One reconcile of one Rollout: observe (caches and database) → measure the gates that are due
+(Prometheus) → plan (pure) → act (status first, then actions).
 
-The informers' caches hold the Rollouts and StatefulSets; the database holds the cohort sets and the
-flags. After a status write the cache lags until the watch delivers the change, so the object the
+The informers' caches hold the Rollouts, StatefulSets and SLOGates; the database holds the cohort
+sets and the flags. After a status write the cache lags until the watch delivers the change, so the object the
 API server returned is used instead while the cache still shows the version the write replaced.
 """
 
@@ -12,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +23,7 @@ from cohorts.errors import CohortError
 from cohorts.estimate import estimate_shares
 from cohorts.rotation import epoch_at
 from cohorts.store import CohortStore
+from rollout.controller import gating
 from rollout.controller.act import Executor, StaleWrite
 from rollout.controller.observed import (
     AndonView,
@@ -37,6 +39,9 @@ from rollout.controller.spec import InvalidRolloutSpec, RolloutSpec, parse_rollo
 from rollout.flags.errors import FlagError, FlagNotFound
 from rollout.flags.spec import RingTargeting
 from rollout.flags.store import FlagStore
+from rollout.gates.evaluate import GateContext, evaluate
+from rollout.gates.prometheus import PrometheusQueries
+from rollout.gates.verdicts import Judgment, Measurement
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ class Reconciler:
         compiled_sets: CompiledSetCache,
         flag_store: FlagStore,
         executor: Executor,
+        slogates_of: Callable[[str], Mapping[str, Any]] = lambda _: {},
+        prometheus: PrometheusQueries | None = None,
         andon_of: Callable[[RolloutView], AndonView] = lambda _: AndonView(),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -77,6 +84,8 @@ class Reconciler:
         self.compiled_sets = compiled_sets
         self.flag_store = flag_store
         self.executor = executor
+        self.slogates_of = slogates_of
+        self.prometheus = prometheus
         self.andon_of = andon_of
         self.clock = clock
         self.stats = ReconcileStats()
@@ -100,8 +109,10 @@ class Reconciler:
         rollout = RolloutView.from_object(obj)
         now = self.clock()
         observed = self.observe(rollout, now)
+        andon = self.andon_of(rollout)
+        verdicts = self.measure(rollout, observed, andon, now)
         plan_started_s = time.perf_counter()
-        decided: Plan = plan(rollout, observed, self.andon_of(rollout), now)
+        decided: Plan = plan(rollout, observed, verdicts, andon, now)
         plan_s = time.perf_counter() - plan_started_s
         try:
             if decided.status != rollout.status:
@@ -138,8 +149,52 @@ class Reconciler:
             return Observed(statefulsets=statefulsets)
         cohorts, cohort_error = self._cohorts(rollout, spec, now)
         flag, flag_error = self._flag(spec)
+        steps = spec.ring_steps(cohorts.rings if cohorts else ())
+        gates, gate_problems = gating.resolve_gates(spec, steps, self.slogates_of(rollout.namespace))
         return Observed(statefulsets=statefulsets, cohorts=cohorts, cohort_error=cohort_error, flag=flag,
-                        flag_error=flag_error)
+                        flag_error=flag_error, gates=gates, gate_problems=tuple(gate_problems))
+
+    # Measure
+
+    def measure(self, rollout: RolloutView, observed: Observed, andon: AndonView,
+                now: datetime) -> dict[str, Measurement]:
+        """Query Prometheus for the gates due now; nothing while the rollout is frozen or superseded."""
+        status = rollout.status
+        try:
+            spec: RolloutSpec | None = parse_rollout_spec(rollout.spec)
+        except InvalidRolloutSpec:
+            spec = None
+        names = gating.due(status, spec, andon.pulled, now)
+        if not names or spec is None or observed.cohorts is None:
+            return {}
+        ring = status.current_ring or ""
+        gates = {gate.name: gate for gate in observed.gates.get(ring, ())}
+        steps = {step.name: step for step in spec.ring_steps(observed.cohorts.rings)}
+        bake_s = float(steps[ring].bake_s) if ring in steps else 0.0
+        record = status.history[-1] if status.history and status.history[-1].ring == ring else None
+        exposed_since = record.ready_at if record and record.ready_at else (
+            (status.bake_until or now) - timedelta(seconds=bake_s))
+        stable = observed.statefulsets.get(status.stable_stateful_set or "")
+        new = observed.statefulsets.get(status.new_stateful_set or "")
+        context = GateContext(
+            namespace=rollout.namespace, rollout=rollout.name, ring=ring,
+            promoted_rings=tuple(status.promoted_rings), stable_stateful_set=status.stable_stateful_set or "",
+            new_stateful_set=status.new_stateful_set or "",
+            stable_revision=(stable.update_revision or "") if stable else "",
+            new_revision=(new.update_revision or "") if new else "",
+            bake_s=bake_s, baked_s=max(0.0, (now - exposed_since).total_seconds()),
+        )
+        measured = {}
+        for name in names:
+            gate = gates.get(name)
+            if gate is None:
+                continue
+            if self.prometheus is None:
+                measured[name] = Measurement(name, gate.spec.kind, ring, now, (), Judgment(
+                    "Error", message="no Prometheus is configured; set RINGMASTER_PROMETHEUS_URL"))
+            else:
+                measured[name] = evaluate(name, gate.spec, context, self.prometheus, now)
+        return measured
 
     def _statefulsets(self, rollout: RolloutView, spec: RolloutSpec | None) -> dict[str, StatefulSetView]:
         status = rollout.status

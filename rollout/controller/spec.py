@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 from cohorts.errors import SpecProblem
 from cohorts.spec import NAME_PATTERN, parse_duration_s
 from rollout.flags.spec import FLAG_KEY_PATTERN, VARIANT_PATTERN
+from rollout.gates.spec import GateUse
 
 GROUP = "ringmaster.dev"
 VERSION = "v1alpha1"
@@ -93,6 +94,8 @@ class RingStep(_Model):
         description="percent of the replicas the new version has once this ring is up (cumulative); "
                     "default: the ring's cumulative share of users",
     )
+    gates: list[GateUse] = Field(default_factory=list, description="gates judged while this ring bakes, "
+                                                                 "besides the Rollout's own `gates`")
 
     @field_validator("bake")
     @classmethod
@@ -176,6 +179,7 @@ class RolloutSpec(_Model):
     flag: FlagBinding
     sizing: Literal["estimate", "configured"] = "estimate"
     scaling: Scaling = Field(default_factory=Scaling)
+    gates: list[GateUse] = Field(default_factory=list, description="gates judged in every ring")
     failure_policy: Literal["rollback", "pause"] = "rollback"
     paused: bool = False
 
@@ -194,6 +198,11 @@ class RolloutSpec(_Model):
         names = [ring.name for ring in self.rings]
         if len(set(names)) != len(names):
             raise ValueError(f"rings name a ring twice: {names}")
+        for ring in self.rings or [RingStep(name="ring")]:
+            gate_names = [use.gate_name for use in [*self.gates, *ring.gates]]
+            if len(set(gate_names)) != len(gate_names):
+                raise ValueError(f"gates of ring {ring.name} name a gate twice: {gate_names}; give each a "
+                                 "`name` of its own")
         return self
 
     def revision(self) -> str:
@@ -201,6 +210,10 @@ class RolloutSpec(_Model):
         source: Any = self.template if self.template is not None else {"image": self.image, "container": self.container}
         text = json.dumps(source, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:REVISION_HEX_DIGITS]
+
+    def gates_of(self, ring: RingStep) -> list[GateUse]:
+        """The gates judged while `ring` bakes: the Rollout's own, then the ring's."""
+        return [*self.gates, *ring.gates]
 
     def ring_steps(self, cohort_rings: Sequence[str]) -> list[RingStep]:
         """The rings in release order, with default bakes when the spec lists none."""
@@ -212,7 +225,7 @@ def _field_path(location: tuple[int | str, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith("function-after") or part in {"int", "str"}:
+        elif part.startswith("function-after") or part in {"int", "str", "gate"}:
             continue
         else:
             path += f".{to_camel(part) if '_' in part else part}"

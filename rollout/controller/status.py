@@ -57,6 +57,36 @@ class RingRecord(_Model):
     outcome: str | None = None
 
 
+GatePhase = Literal["Running", "Held", "Passed", "Failed", "Inconclusive", "Skipped"]
+
+
+class GateResult(_Model):
+    """A gate's latest measurement: when, the verdict, the numbers, what was required, the queries sent."""
+
+    at: datetime
+    verdict: str
+    values: dict[str, float] = Field(default_factory=dict)
+    threshold: str = ""
+    message: str = ""
+    queries: list[str] = Field(default_factory=list)
+
+
+class GateStatus(_Model):
+    """Where one gate of the ring being baked stands: its counters, its next measurement, its last result."""
+
+    name: str
+    kind: str
+    ring: str
+    phase: GatePhase = "Running"
+    measurements: int = Field(default=0, description="measurements taken, holds included")
+    passed: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    consecutive_errors: int = 0
+    next_at: datetime | None = None
+    last: GateResult | None = None
+
+
 class RolloutStatus(_Model):
     phase: Phase = "Pending"
     track: Track = "Pending"
@@ -85,6 +115,7 @@ class RolloutStatus(_Model):
     new_ready: int = 0
     transitions: int = Field(default=0, description="a counter of phase and ring changes, for history records")
     history: list[RingRecord] = Field(default_factory=list)
+    gates: list[GateStatus] = Field(default_factory=list, description="the gates of the ring being baked")
     conditions: list[Condition] = Field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
