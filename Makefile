@@ -16,11 +16,13 @@ $(INSTALLED): pyproject.toml flagd-provider/pyproject.toml
 venv: $(INSTALLED)
 
 # The local Kubernetes control plane: kube-apiserver and kube-controller-manager built once into
-# ~/.cache/ringmaster (about 3 to 8 minutes cold), Debian's etcd, openssl for its keys, and kubectl.
+# ~/.cache/ringmaster (about 3 to 8 minutes cold), Debian's etcd, openssl for its keys, kubectl, and
+# Debian's Prometheus, which scrapes the simulated application.
 control-plane:
 	scripts/build-kube
 	scripts/ensure-debian-packages etcd-server openssl
 	command -v kubectl >/dev/null || scripts/ensure-debian-packages kubernetes-client
+	scripts/ensure-prometheus
 
 demo: venv control-plane
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo

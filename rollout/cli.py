@@ -20,7 +20,8 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column, Table
 
 from cohorts.db import current_revision, database_url, downgrade, head_revision, make_engine, upgrade
 from rollout.api.sync import DEFAULT_SYNC_PORT
@@ -34,8 +35,8 @@ db_app = typer.Typer(help="Migrate the database (RINGMASTER_DATABASE_URL, defaul
 cohort_app = typer.Typer(help="Cohort sets: rings, rules and who is in which ring.", no_args_is_help=True)
 usage_app = typer.Typer(help="Per-user usage history that usage rules select on.", no_args_is_help=True)
 flag_app = typer.Typer(help="Feature flags: variants, ring mappings, enable and disable.", no_args_is_help=True)
-rollout_app = typer.Typer(help="Rollouts: list them, show one, promote, pause, resume, abort or retry it.",
-                          no_args_is_help=True)
+rollout_app = typer.Typer(help="Rollouts: list them, show one or its gates; promote, pause, resume, abort or "
+                          "retry one.", no_args_is_help=True)
 localcluster_app = typer.Typer(
     help="A local Kubernetes control plane (etcd, kube-apiserver and kube-controller-manager 1.20, "
     "a simulated node) in the data folder.",
@@ -129,23 +130,32 @@ def controller(
     renew_deadline: Annotated[float, typer.Option(help="seconds the leader may fail to renew", min=0.5)] = 10.0,
     retry_period: Annotated[float, typer.Option(help="seconds between election rounds", min=0.1)] = 2.0,
     workers: Annotated[int, typer.Option(help="Rollouts reconciled at once", min=1, max=64)] = 4,
-    install_crd: Annotated[bool, typer.Option(help="install or update the Rollout CRD first")] = True,
+    install_crd: Annotated[bool, typer.Option(help="install or update the Rollout and SLOGate CRDs first")] = True,
+    prometheus_url: Annotated[str | None, typer.Option(
+        envvar="RINGMASTER_PROMETHEUS_URL",
+        help="the Prometheus gates query; default the local control plane's, when it runs one")] = None,
 ) -> None:
-    """Reconcile Rollouts: rings, make-before-break StatefulSets, flags. One leader among replicas (a Lease)."""
+    """Reconcile Rollouts: rings, make-before-break StatefulSets, flags, gates. One leader among replicas (a Lease)."""
     import logging
     import signal
 
     from rollout.controller.controller import Controller, ControllerSettings, default_identity
     from rollout.controller.crd import install_crd as install
+    from rollout.localcluster.cluster import local_prometheus_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prometheus_url = prometheus_url or local_prometheus_url()
+    if prometheus_url is None:
+        logging.warning("no Prometheus: gates will hold every rollout that has them; set RINGMASTER_PROMETHEUS_URL")
+    else:
+        logging.info("gates query Prometheus at %s", prometheus_url)
     url = database_url()
     upgrade(url)
     engine = make_engine(url)
     settings = ControllerSettings(
         namespace=namespace, identity=identity or default_identity(), lease_namespace=lease_namespace,
         lease_name=lease_name, lease_duration_s=lease_duration, renew_deadline_s=renew_deadline,
-        retry_period_s=retry_period, workers=workers,
+        retry_period_s=retry_period, workers=workers, prometheus_url=prometheus_url,
     )
     try:
         with kube_api_client(kubeconfig) as api_client:
@@ -553,6 +563,10 @@ RolloutArgument = Annotated[str, typer.Argument(metavar="NAMESPACE/NAME", help="
 ReasonOption = Annotated[str | None, typer.Option(help="why (at most 500 characters), kept in an Event on the Rollout")]
 PHASE_STYLES = {"Pending": "blue", "Progressing": "cyan", "Paused": "yellow", "Halted": "bold red",
                 "Succeeded": "green", "RollingBack": "magenta", "RolledBack": "magenta", "Failed": "red"}
+GATE_PHASE_STYLES = {"Running": "cyan", "Held": "magenta", "Passed": "green", "Failed": "red",
+                     "Inconclusive": "yellow", "Skipped": "dim"}
+VERDICT_STYLES = {"Passed": "green", "Failed": "red", "Inconclusive": "yellow", "NoData": "magenta",
+                  "TooFewSamples": "magenta", "Error": "magenta"}
 
 
 def _rollout_key(target: str) -> tuple[str, str]:
@@ -649,6 +663,60 @@ def rollout_get(target: RolloutArgument, server: ServerOption = None, as_json: J
             console.print(table)
 
 
+def _styled(value: str | None, styles: dict[str, str]) -> str:
+    if value is None:
+        return "[dim]-[/dim]"
+    return f"[{styles.get(value, 'default')}]{escape(value)}[/]"
+
+
+def _values(values: dict[str, float]) -> str:
+    """A gate's numbers on one line: `error_ratio=0.0123 p99_s=0.41`."""
+    return " ".join(f"{key}={value:.4g}" for key, value in values.items()) or "-"
+
+
+@rollout_app.command("gates")
+def rollout_gates(
+    target: RolloutArgument,
+    queries: Annotated[bool, typer.Option("--queries", "-q", help="show the queries each measurement sent")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, max=5000, help="the latest N measurements; default 500")] = None,
+    server: ServerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a Rollout's gates: where each gate of the ring being baked stands, and the measurements kept."""
+    namespace, name = _rollout_key(target)
+    with client(server) as api:
+        answer = api.rollout_gates(namespace, name, limit)
+    if as_json:
+        emit_json(answer)
+        return
+    console.print(f"[bold]{namespace}/{name}[/bold]  {_phase(answer['phase'])}  ring {answer['currentRing'] or '-'}",
+                  highlight=False)
+    # Fold rather than cut names, numbers and queries when the terminal is narrow: they are what is read.
+    gates = Table(Column("GATE", overflow="fold"), "KIND", "RING", "PHASE", "MEASURED", "PASS/FAIL/INC", "LAST",
+                  Column("VALUES", overflow="fold"), "NEXT", title="gates", box=None)
+    for gate in answer["gates"]:
+        last = gate.get("last") or {}
+        gates.add_row(escape(gate["name"]), gate["kind"], gate["ring"], _styled(gate["phase"], GATE_PHASE_STYLES),
+                      str(gate["measurements"]), f"{gate['passed']}/{gate['failed']}/{gate['inconclusive']}",
+                      _styled(last.get("verdict"), VERDICT_STYLES), escape(_values(last.get("values") or {})),
+                      _when(gate.get("nextAt")))
+    history = Table("AT", "REVISION", "RING", Column("GATE", overflow="fold"), "VERDICT",
+                    Column("MESSAGE", overflow="fold"), *([Column("QUERIES", overflow="fold")] if queries else []),
+                    title="measurements", box=None)
+    for entry in answer["history"]:
+        row = [_when(entry["at"]), entry["revision"], entry["ring"], escape(entry["gate"]),
+               _styled(entry["verdict"], VERDICT_STYLES), escape(entry["message"] or "-")]
+        history.add_row(*row, *([escape("\n".join(entry["queries"]))] if queries else []))
+    if gates.row_count:
+        console.print(gates)
+    else:
+        console.print("  no gate is being judged: no ring is baking, or its ring has no gates", highlight=False)
+    if history.row_count:
+        console.print(history)
+    else:
+        console.print("  no measurements recorded", highlight=False)
+
+
 def _act(action: str, target: str, reason: str | None, server: str | None) -> None:
     namespace, name = _rollout_key(target)
     with client(server) as api:
@@ -696,18 +764,21 @@ RootOption = Annotated[Path | None, typer.Option("--root", help="cluster folder;
 def localcluster_up(
     root: RootOption = None,
     simulator: Annotated[bool, typer.Option(help="run the node simulator (pods never start without it)")] = True,
+    prometheus: Annotated[bool, typer.Option(help="run Prometheus, scraping the simulated pods")] = True,
 ) -> None:
     """Start the local control plane (if it is not running) and wait until the API answers."""
     from rollout.localcluster.cluster import LocalCluster, LocalClusterError
 
     started = time.monotonic()
     try:
-        status = LocalCluster(root).up(simulator=simulator)
+        status = LocalCluster(root).up(simulator=simulator, prometheus=prometheus)
     except LocalClusterError as error:
         raise fail(str(error)) from error
     console.print(f"local control plane is up at {status.apiserver_url} ({time.monotonic() - started:.1f} s)",
                   highlight=False)
     console.print(f"  export KUBECONFIG={status.kubeconfig}", highlight=False)
+    if status.prometheus_url:
+        console.print(f"  Prometheus at {status.prometheus_url}", highlight=False)
 
 
 @localcluster_app.command("down")
@@ -734,6 +805,8 @@ def localcluster_status(root: RootOption = None) -> None:
                    "`ringmaster localcluster up`")
     console.print(f"API ready at {status.apiserver_url}; kubeconfig {status.kubeconfig}", highlight=False,
                   soft_wrap=True)
+    if status.prometheus_url:
+        console.print(f"Prometheus at {status.prometheus_url}", highlight=False, soft_wrap=True)
 
 
 @localcluster_app.command("kubeconfig")

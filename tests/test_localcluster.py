@@ -10,10 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from kubernetes import client, config
 
-from rollout.localcluster.cluster import ClusterState, LocalCluster
+from rollout.localcluster.cluster import ClusterState, LocalCluster, local_prometheus_url
+from rollout.localcluster.prometheus import instant_query
+from tests.controller_harness import statefulset
+from tests.polling import eventually
 
 RINGMASTER = [sys.executable, "-m", "rollout", "localcluster"]
 
@@ -95,3 +99,44 @@ def test_missing_binaries_are_explained(tmp_path: Path) -> None:
     up = run("up", "--root", str(tmp_path / "cluster"), environment={"RINGMASTER_KUBE_CACHE": str(tmp_path / "none")})
     assert up.returncode == 1
     assert "build them once with scripts/build-kube" in up.stderr
+
+
+def test_status_reports_where_prometheus_answers(cluster_root: Path) -> None:
+    status = run("status", "--root", str(cluster_root))
+    url = local_prometheus_url(cluster_root)
+    assert url is not None and url.startswith("http://127.0.0.1:")
+    assert "prometheus " in status.stdout
+    assert f"Prometheus at {url}" in status.stdout
+    assert httpx.get(f"{url}/-/ready", timeout=5).status_code == 200
+
+
+def test_prometheus_scrapes_the_ready_pods_of_a_statefulset(local_cluster: LocalCluster, namespace: str) -> None:
+    status = local_cluster.status()
+    assert "prometheus" in status.running and status.prometheus_url == local_cluster.prometheus_url
+    web = statefulset("web", 2, "registry.example.com/web:1.0.0")
+    web["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] = "1.0.0"
+    with local_cluster.api_client() as api_client:
+        client.AppsV1Api(api_client).create_namespaced_stateful_set(namespace, web)
+    selector = f'namespace="{namespace}",statefulset="web"'
+
+    def scraped_pods() -> set[str] | None:
+        pods = {series["metric"]["pod"]
+                for series in instant_query(status.prometheus_url, f"up{{{selector}}} == 1", at_s=time.time())}
+        return pods if pods == {"web-0", "web-1"} else None
+
+    # Prometheus reads new targets at most every 5 s, whatever its scrape interval.
+    eventually(scraped_pods, timeout_s=30, what="both pods of StatefulSet web scraped")
+    requests = instant_query(status.prometheus_url, f"sim_http_requests_total{{{selector}}}", at_s=time.time())
+    assert {(series["metric"]["pod"], series["metric"]["version"]) for series in requests} == {
+        ("web-0", "1.0.0"), ("web-1", "1.0.0")}
+    assert all(series["metric"]["revision"].startswith("web-") for series in requests)
+
+
+def test_a_state_file_from_before_prometheus_still_loads(tmp_path: Path) -> None:
+    old = {"ports": {"etcd_client": 1, "etcd_peer": 2, "apiserver": 3, "metrics": 4},
+           "processes": {}, "started_at": 0.0}
+    (tmp_path / "state.json").write_text(json.dumps(old))
+    state = ClusterState.load(tmp_path / "state.json")
+    assert state is not None and state.ports.prometheus == 0
+    assert local_prometheus_url(tmp_path) is None
+    assert LocalCluster(tmp_path).status().prometheus_url == ""

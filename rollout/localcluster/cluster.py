@@ -1,9 +1,10 @@
 """The local control plane on loopback: etcd, a real kube-apiserver and kube-controller-manager
-(v1.20.2, built from Debian's source package by scripts/build-kube) and the node simulator.
+(v1.20.2, built from Debian's source package by scripts/build-kube), the node simulator, and
+Debian's Prometheus scraping the simulated application.
 
 Everything lives in one folder (`<data dir>/localcluster` by default): credentials, etcd's data,
-logs, the kubeconfig, the Prometheus targets file and `state.json`, which records the PID and start
-time of every process `up` started, so `down` stops exactly those and nothing else.
+logs, the kubeconfig, Prometheus's config, targets file and data, and `state.json`, which records the
+PID and start time of every process `up` started, so `down` stops exactly those and nothing else.
 """
 
 from __future__ import annotations
@@ -13,29 +14,34 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cohorts.db import data_dir
+from rollout.localcluster.errors import LocalClusterError as LocalClusterError  # where callers import it from
 from rollout.localcluster.pki import Credentials, ensure_credentials
+from rollout.localcluster.prometheus import (
+    free_port,
+    install_prometheus,
+    is_ready,
+    log_tail,
+    port_is_free,
+    prometheus_command,
+    write_config,
+)
 
 KUBE_VERSION = "1.20.2"
 CONTROLLERS = "statefulset,garbagecollector,namespace"
-STOP_ORDER = ("simulator", "kube-controller-manager", "kube-apiserver", "etcd")
-
-
-class LocalClusterError(RuntimeError):
-    """The local control plane cannot start, or is not in the state asked for; the message says what to do."""
+STOP_ORDER = ("prometheus", "simulator", "kube-controller-manager", "kube-apiserver", "etcd")
 
 
 def kube_bin_dir() -> Path:
@@ -48,24 +54,6 @@ def kube_bin_dir() -> Path:
 
 def default_root() -> Path:
     return data_dir() / "localcluster"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        # As the servers themselves bind: a port in TIME_WAIT from the last run is still free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _process_start_ticks(pid: int) -> int | None:
@@ -98,13 +86,14 @@ class Ports:
     etcd_peer: int
     apiserver: int
     metrics: int
+    prometheus: int = 0  # 0 in a state.json written before the cluster ran Prometheus
 
     @classmethod
     def choose(cls, previous: Ports | None) -> Ports:
         """The ports used last time when they are still free (etcd remembers its peer URL), else new ones."""
-        if previous is not None and all(_port_is_free(port) for port in asdict(previous).values()):
-            return previous
-        return cls(_free_port(), _free_port(), _free_port(), _free_port())
+        if previous is not None and all(port_is_free(port) for port in asdict(previous).values()):
+            return previous if previous.prometheus else replace(previous, prometheus=free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
 
 @dataclass
@@ -137,6 +126,7 @@ class ClusterStatus:
     kubeconfig: Path
     apiserver_url: str
     metrics_url: str
+    prometheus_url: str  # "" when the cluster runs no Prometheus
     running: dict[str, int]
     stopped: list[str]
     api_ready: bool
@@ -148,21 +138,26 @@ class LocalCluster:
         self.bin_dir = bin_dir or kube_bin_dir()
         self.kubeconfig = self.root / "kubeconfig"
         self.targets_file = self.root / "prometheus" / "targets.json"
+        self.prometheus_config = self.root / "prometheus" / "prometheus.yml"
+        self.prometheus_data = self.root / "prometheus" / "data"
         self.state_file = self.root / "state.json"
         self.logs = self.root / "logs"
 
     # Public operations
 
-    def up(self, *, simulator: bool = True, timeout_s: float = 60.0) -> ClusterStatus:
-        """Start what is not running and wait until the API answers; a running cluster is left as it is."""
+    def up(self, *, simulator: bool = True, prometheus: bool = True, timeout_s: float = 60.0) -> ClusterStatus:
+        """Start what is not running and wait until the API answers; a running cluster is left as it is.
+        Prometheus, installed first when it is missing, scrapes the simulator's pods."""
         self._check_binaries()
+        if prometheus:
+            install_prometheus()
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.targets_file.parent.mkdir(exist_ok=True)
         state = ClusterState.load(self.state_file)
         if state is not None and all(record.alive() for record in state.processes.values()) and state.processes:
-            wanted = set(STOP_ORDER) if simulator else set(STOP_ORDER) - {"simulator"}
-            if wanted <= set(state.processes):
+            skipped = {name for name, wanted in (("simulator", simulator), ("prometheus", prometheus)) if not wanted}
+            if set(STOP_ORDER) - skipped <= set(state.processes):
                 return self.status()
         if state is not None:
             self._stop(state)  # a partly running cluster is restarted whole
@@ -188,6 +183,13 @@ class LocalCluster:
             if simulator:
                 # Ready once its Node is registered and it has listed the pods, so pods created next start.
                 self._wait(lambda: self._simulator_healthy(state.ports), deadline, "simulator", state)
+            if prometheus:
+                write_config(self.prometheus_config, targets_file=self.targets_file)
+                self.prometheus_data.mkdir(exist_ok=True)
+                command = prometheus_command(self.prometheus_config, self.prometheus_data, state.ports.prometheus)
+                state.processes["prometheus"] = self._start("prometheus", command)
+                state.save(self.state_file)
+                self._wait(lambda: is_ready(_prometheus_url(state.ports)), deadline, "prometheus", state)
         except BaseException:
             self._stop(state)
             raise
@@ -214,6 +216,7 @@ class LocalCluster:
             kubeconfig=self.kubeconfig,
             apiserver_url=f"https://127.0.0.1:{ports.apiserver}" if ports else "",
             metrics_url=f"http://127.0.0.1:{ports.metrics}" if ports else "",
+            prometheus_url=_prometheus_url(ports) if ports and state and "prometheus" in state.processes else "",
             running=running,
             stopped=stopped,
             api_ready=bool(ports and token and "kube-apiserver" in running and self._api_ready(ports, token)),
@@ -226,6 +229,15 @@ class LocalCluster:
         if state is None:
             raise LocalClusterError(f"the local control plane in {self.root} has never been started")
         return f"http://127.0.0.1:{state.ports.metrics}"
+
+    @property
+    def prometheus_url(self) -> str:
+        """Where the cluster's Prometheus answers queries (it scrapes every Ready pod as job `simulator`)."""
+        state = ClusterState.load(self.state_file)
+        if state is None or "prometheus" not in state.processes:
+            raise LocalClusterError(f"the local control plane in {self.root} runs no Prometheus; start it with "
+                                    "`ringmaster localcluster up`")
+        return _prometheus_url(state.ports)
 
     def compact_etcd(self) -> int:
         """Compact etcd's history up to now, so that a watch of an uncached resource (events) from an
@@ -290,7 +302,7 @@ class LocalCluster:
         while not ready():
             if not record.alive():
                 raise LocalClusterError(f"{name} exited while starting; the end of {record.log}:\n"
-                                        + _tail(Path(record.log)))
+                                        + log_tail(Path(record.log)))
             if time.monotonic() > deadline:
                 raise LocalClusterError(f"{name} did not become ready in time; see {record.log}")
             time.sleep(0.1)
@@ -420,8 +432,14 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+def _prometheus_url(ports: Ports) -> str:
+    return f"http://127.0.0.1:{ports.prometheus}"
+
+
+def local_prometheus_url(root: Path | None = None) -> str | None:
+    """The URL of the Prometheus of the local cluster in `root` (the default one unless given), if its
+    state.json records one; None otherwise."""
+    state = ClusterState.load((root or default_root()).resolve() / "state.json")
+    if state is None or "prometheus" not in state.processes or not state.ports.prometheus:
+        return None
+    return _prometheus_url(state.ports)
