@@ -77,51 +77,57 @@ class Gated:
         client.CustomObjectsApi(self.api_client).create_namespaced_custom_object(
             GROUP, VERSION, self.namespace, plural, body)
 
-    def status(self) -> dict[str, Any]:
-        found: dict[str, Any] = get_rollout(self.api_client, self.namespace, "web").get("status") or {}
+    def status(self, name: str = "web") -> dict[str, Any]:
+        found: dict[str, Any] = get_rollout(self.api_client, self.namespace, name).get("status") or {}
         return found
 
-    def wait(self, what: str, predicate: Any, timeout_s: float = 150) -> dict[str, Any]:
-        wait_for(what, lambda: predicate(self.status()), timeout_s, poll_s=0.25)
-        return self.status()
+    def wait(self, what: str, predicate: Any, timeout_s: float = 150, name: str = "web") -> dict[str, Any]:
+        wait_for(what, lambda: predicate(self.status(name)), timeout_s, poll_s=0.25)
+        return self.status(name)
 
     def flag_on_rings(self, key: str) -> set[str]:
         targeting = FlagStore(self.engine).get_flag(key).spec.targeting
         assert isinstance(targeting, RingTargeting)
         return {ring for ring, variant in targeting.rings.variants.items() if variant == "on"}
 
-    def verdicts(self) -> list[tuple[str, str, str]]:
+    def verdicts(self, name: str = "web") -> list[tuple[str, str, str]]:
         return [(entry.ring, entry.gate, entry.verdict)
-                for entry in GateResults(self.engine).entries(self.namespace, "web")]
+                for entry in GateResults(self.engine).entries(self.namespace, name)]
 
 
 @contextmanager
-def controller_on(local_cluster: LocalCluster, namespace: str, tmp_path: Path, prometheus_url: str) -> Iterator[Gated]:
-    """The old version (1 % errors) serving, the SLOGate `error-budget`, and a controller querying `prometheus_url`."""
+def controller(local_cluster: LocalCluster, namespace: str, tmp_path: Path, prometheus_url: str) -> Iterator[Gated]:
+    """A controller in this process on `namespace`, its gates querying `prometheus_url`, on a database of its own."""
     url = f"sqlite:///{tmp_path / 'ringmaster.db'}"
     upgrade(url)
     engine = make_engine(url)
     with local_cluster.api_client() as api_client:
         install_crd(api_client)
-        old = statefulset("web", REPLICAS, "registry.example.com/web:1.0.0")
-        traffic(old["spec"], "0.01")
-        client.AppsV1Api(api_client).create_namespaced_stateful_set(namespace, old)
-        wait_ready(api_client, namespace, "web", REPLICAS)
-        gated = Gated(api_client, namespace, engine)
-        gated.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": "SLOGate", "metadata": {"name": "error-budget"},
-                     "spec": BURN_RATE}, plural=SLOGATES)
         settings = ControllerSettings(namespace=namespace, identity=f"test-{secrets.token_hex(3)}",
                                       lease_namespace=namespace, lease_duration_s=4, renew_deadline_s=3,
                                       retry_period_s=0.5, workers=2, prometheus_url=prometheus_url)
-        controller = Controller(api_client, engine, settings)
-        thread = threading.Thread(target=controller.run, daemon=True)
+        running = Controller(api_client, engine, settings)
+        thread = threading.Thread(target=running.run, daemon=True)
         thread.start()
         try:
-            yield gated
+            yield Gated(api_client, namespace, engine)
         finally:
-            controller.stop()
+            running.stop()
             thread.join(timeout=30)
     engine.dispose()
+
+
+@contextmanager
+def controller_on(local_cluster: LocalCluster, namespace: str, tmp_path: Path, prometheus_url: str) -> Iterator[Gated]:
+    """The old version (1 % errors) serving, the SLOGate `error-budget`, and a controller querying `prometheus_url`."""
+    with controller(local_cluster, namespace, tmp_path, prometheus_url) as gated:
+        old = statefulset("web", REPLICAS, "registry.example.com/web:1.0.0")
+        traffic(old["spec"], "0.01")
+        client.AppsV1Api(gated.api_client).create_namespaced_stateful_set(namespace, old)
+        wait_ready(gated.api_client, namespace, "web", REPLICAS)
+        gated.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": "SLOGate", "metadata": {"name": "error-budget"},
+                     "spec": BURN_RATE}, plural=SLOGATES)
+        yield gated
 
 
 def assert_capacity_held(sampler: CapacitySampler) -> None:
