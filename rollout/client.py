@@ -164,6 +164,12 @@ class RingmasterClient:
         result: dict[str, Any] = self.request("GET", f"/api/v1/rollouts/{namespace}/{name}")
         return result
 
+    def rollout_gates(self, namespace: str, name: str, limit: int | None = None) -> dict[str, Any]:
+        """Where the gates of the ring being baked stand, and the latest measurements kept in the database."""
+        params = {"limit": limit} if limit is not None else {}
+        result: dict[str, Any] = self.request("GET", f"/api/v1/rollouts/{namespace}/{name}/gates", params=params)
+        return result
+
     def act_on_rollout(self, namespace: str, name: str, action: str, reason: str | None = None) -> dict[str, Any]:
         """promote, pause, resume, abort or retry; the answer is the rollout's summary and the request set."""
         result: dict[str, Any] = self.request(

@@ -8,6 +8,8 @@ The world's `measure` plays Prometheus: it answers each measurement of a gate in
 from __future__ import annotations
 
 import itertools
+import json
+import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -270,3 +272,13 @@ def test_the_last_measurement_of_each_gate_is_in_the_status_with_its_numbers() -
     assert gate.last.values == {"value": 0.5} and gate.last.threshold == "at most 0.01"
     assert gate.last.queries == ["query of error-ratio"]
     assert gate.next_at is not None and gate.next_at - gate.last.at == timedelta(seconds=2)
+
+
+def test_an_infinite_ratio_is_left_out_of_the_status_which_stays_valid_json() -> None:
+    world = World(gated(bake="20s"), replicas=10)
+    world.measure = lambda *_: Judgment("Passed", values={"ratio": math.inf, "newRatio": 0.01, "pValue": math.nan},
+                                        message="infinitely worse, within maxDifference")
+    world.run_until(lambda status: bool(status.gates) and status.gates[0].last is not None)
+    last = world.status.gates[0].last
+    assert last is not None and last.values == {"newRatio": 0.01}
+    json.dumps(world.status.to_wire(), allow_nan=False)

@@ -20,10 +20,10 @@ from kubernetes import client
 from cohorts.db import make_engine
 from rollout.api.app import create_app
 from rollout.controller.crd import install_crd
-from rollout.controller.history import HistoryEntry, RolloutHistory
+from rollout.controller.history import GateResultEntry, GateResults, HistoryEntry, RolloutHistory
 from rollout.controller.observed import REQUEST_ANNOTATION
 from rollout.controller.spec import GROUP, PLURAL, VERSION
-from rollout.controller.status import Condition, Pin, RingRecord, RolloutStatus
+from rollout.controller.status import Condition, GateResult, GateStatus, Pin, RingRecord, RolloutStatus
 from rollout.localcluster.cluster import LocalCluster
 from rollout.settings import ServiceSettings
 from tests.controller_harness import get_rollout, rollout
@@ -32,6 +32,9 @@ from tests.test_cli import REPOSITORY, RINGMASTER, free_port, run, wait_until_se
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 ACTOR = "ana@example.com"
+ERRORS_QUERY = ('sum(rate(http_requests_total{app="web",code=~"5.."}[5m])) / '
+                'sum(rate(http_requests_total{app="web"}[5m]))')
+LATENCY_QUERY = 'histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{app="web"}[5m])))'
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,21 @@ def baking_canary() -> RolloutStatus:
         conditions=[Condition(type="Available", status="True", reason="CapacityReady",
                               message="2 old + 1 new ready of 3", last_transition_time=NOW)],
     )
+
+
+def gating_canary() -> RolloutStatus:
+    """Baking ring canary with two gates: the error ratio passing, the p99 latency held for want of samples."""
+    return baking_canary().model_copy(update={"gates": [
+        GateStatus(name="error-ratio", kind="threshold", ring="canary", phase="Running", measurements=3, passed=3,
+                   next_at=NOW + timedelta(minutes=1),
+                   last=GateResult(at=NOW, verdict="Passed", values={"value": 0.002}, threshold="value <= 0.01",
+                                   message="value 0.002 is at most 0.01", queries=[ERRORS_QUERY])),
+        GateStatus(name="latency-p99", kind="threshold", ring="canary", phase="Held", measurements=2, passed=1,
+                   next_at=NOW + timedelta(minutes=1),
+                   last=GateResult(at=NOW, verdict="TooFewSamples", values={"value": 0.41, "samples": 12},
+                                   threshold="value <= 0.5", message="12 samples, at least 100 needed; holding",
+                                   queries=[LATENCY_QUERY])),
+    ]})
 
 
 def moving_capacity() -> RolloutStatus:
@@ -109,6 +127,33 @@ def record(database_url: str, namespace: str, name: str, uid: str) -> None:
         engine.dispose()
 
 
+MEASUREMENTS = [
+    # gate, sequence, verdict, values, message
+    ("error-ratio", 0, "Passed", {"value": 0.001}, "value 0.001 is at most 0.01"),
+    ("latency-p99", 0, "Passed", {"value": 0.38, "samples": 140}, "value 0.38 is at most 0.5"),
+    ("error-ratio", 1, "Passed", {"value": 0.004}, "value 0.004 is at most 0.01"),
+    ("latency-p99", 1, "TooFewSamples", {"value": 0.41, "samples": 12}, "12 samples, at least 100 needed; holding"),
+    ("error-ratio", 2, "Passed", {"value": 0.002}, "value 0.002 is at most 0.01"),
+]
+
+
+def measure(database_url: str, namespace: str, name: str, uid: str,
+            measurements: list[tuple[str, int, str, dict[str, float], str]] = MEASUREMENTS) -> None:
+    """Gate measurements of ring canary, kept in the database as the controller records them, one a minute."""
+    engine = make_engine(database_url)
+    try:
+        results = GateResults(engine)
+        for minute, (gate, sequence, verdict, values, message) in enumerate(measurements):
+            query, threshold = (ERRORS_QUERY, "value <= 0.01") if gate == "error-ratio" else (
+                LATENCY_QUERY, "value <= 0.5")
+            assert results.record(GateResultEntry(
+                at=NOW + timedelta(minutes=minute), namespace=namespace, name=name, rollout_uid=uid,
+                revision="3f9a0c1d2e", ring="canary", gate=gate, kind="threshold", sequence=sequence,
+                verdict=verdict, values=values, threshold=threshold, message=message, queries=[query]))
+    finally:
+        engine.dispose()
+
+
 def test_list_shows_each_rollout_with_its_phase_ring_replicas_and_target(
         api: TestClient, kube: client.ApiClient, namespace: str) -> None:
     create(kube, namespace, "web", baking_canary())
@@ -145,6 +190,40 @@ def test_get_shows_spec_status_and_the_lasting_history(
     assert [(ring["ring"], ring["revision"]) for ring in status["history"]] == [("canary", "3f9a0c1d2e")]
     assert [(entry["reason"], entry["sequence"], entry["ring"]) for entry in detail["history"]] == [
         ("RolloutStarted", 0, "canary"), ("RingReady", 1, "canary")]
+
+
+def test_gates_show_where_each_gate_stands_and_the_kept_measurements_oldest_first(
+        api: TestClient, kube: client.ApiClient, namespace: str, database_url: str) -> None:
+    created = create(kube, namespace, "web", gating_canary())
+    measure(database_url, namespace, "web", created["metadata"]["uid"])
+    fresh = create(kube, namespace, "api")
+    measure(database_url, namespace, "api", fresh["metadata"]["uid"], MEASUREMENTS[:1])
+    answer = api.get(f"/api/v1/rollouts/{namespace}/web/gates")
+    assert answer.status_code == 200, answer.text
+    gates = answer.json()
+    assert (gates["namespace"], gates["name"], gates["phase"], gates["currentRing"]) == (
+        namespace, "web", "Progressing", "canary")
+    assert [GateStatus.model_validate(gate) for gate in gates["gates"]] == gating_canary().gates
+    held = gates["gates"][1]
+    assert (held["phase"], held["consecutiveErrors"], held["last"]["verdict"], held["last"]["values"]) == (
+        "Held", 0, "TooFewSamples", {"value": 0.41, "samples": 12})
+    assert [(entry["gate"], entry["sequence"], entry["verdict"], entry["values"], entry["message"])
+            for entry in gates["history"]] == MEASUREMENTS
+    first = gates["history"][0]
+    assert datetime.fromisoformat(first["at"]) == NOW and {key: first[key] for key in (
+        "rolloutUid", "revision", "ring", "kind", "threshold", "queries")} == {
+        "rolloutUid": created["metadata"]["uid"], "revision": "3f9a0c1d2e", "ring": "canary", "kind": "threshold",
+        "threshold": "value <= 0.01", "queries": [ERRORS_QUERY]}
+    latest = api.get(f"/api/v1/rollouts/{namespace}/web/gates", params={"limit": 2}).json()["history"]
+    assert [(entry["gate"], entry["sequence"]) for entry in latest] == [("latency-p99", 1), ("error-ratio", 2)]
+    unstarted = api.get(f"/api/v1/rollouts/{namespace}/api/gates").json()
+    assert (unstarted["phase"], unstarted["gates"], len(unstarted["history"])) == (None, [], 1)
+    for limit in (0, 5001):
+        assert_problem(api.get(f"/api/v1/rollouts/{namespace}/web/gates", params={"limit": limit}), 422, "limit")
+    documented = api.get("/openapi.json").json()
+    answer_schema = documented["paths"]["/api/v1/rollouts/{namespace}/{name}/gates"]["get"]["responses"]["200"]
+    assert answer_schema["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RolloutGates"}
+    assert set(documented["components"]["schemas"]["GateStatus"]["properties"]) >= {"consecutiveErrors", "last"}
 
 
 ACCEPTED = [
@@ -212,6 +291,7 @@ def test_an_action_that_cannot_apply_is_refused_with_409_saying_why_and_changes_
 
 def test_a_missing_rollout_is_404(api: TestClient, kube: client.ApiClient, namespace: str) -> None:
     for answer in (api.get(f"/api/v1/rollouts/{namespace}/nothing"),
+                   api.get(f"/api/v1/rollouts/{namespace}/nothing/gates"),
                    api.post(f"/api/v1/rollouts/{namespace}/nothing/pause")):
         assert f"there is no Rollout {namespace}/nothing" in assert_problem(answer, 404)["detail"]
 
@@ -232,6 +312,7 @@ def test_without_kubernetes_the_rollout_routes_answer_503_saying_how_to_configur
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with TestClient(create_app(ServiceSettings(database_url=database_url))) as unconfigured:
         for answer in (unconfigured.get("/api/v1/rollouts"), unconfigured.get("/api/v1/rollouts/default/web"),
+                       unconfigured.get("/api/v1/rollouts/default/web/gates"),
                        unconfigured.post("/api/v1/rollouts/default/web/pause")):
             body = assert_problem(answer, 503)
             assert body["title"] == "Kubernetes is not configured" and "RINGMASTER_KUBECONFIG" in body["detail"]
@@ -295,6 +376,29 @@ def test_cli_get_shows_the_summary_conditions_and_rings(
     assert f"{namespace}/web  Progressing  ring canary  revision 3f9a0c1d2e" in shown
     assert "2 old + 1 new ready of 3" in shown and "CapacityReady" in shown and "bake until" in shown
     assert json.loads(run(server, "rollout", "get", f"{namespace}/web", "--json").stdout)["uid"]
+
+
+def test_cli_gates_shows_each_gate_and_its_measurements_queries_on_request_and_json(
+        server: dict[str, str], kube: client.ApiClient, namespace: str) -> None:
+    created = create(kube, namespace, "web", gating_canary())
+    measure(f"sqlite:///{server['RINGMASTER_DATA_DIR']}/ringmaster.db", namespace, "web", created["metadata"]["uid"])
+    shown = run(server, "rollout", "gates", f"{namespace}/web").stdout
+    assert f"{namespace}/web  Progressing  ring canary" in shown
+    rows = [line.split() for line in shown.splitlines()]
+    next_at = (NOW + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S").split()
+    assert [row for row in rows if row[:1] in (["error-ratio"], ["latency-p99"])] == [
+        ["error-ratio", "threshold", "canary", "Running", "3", "3/0/0", "Passed", "value=0.002", *next_at],
+        ["latency-p99", "threshold", "canary", "Held", "2", "1/0/0", "TooFewSamples", "samples=12", "value=0.41",
+         *next_at]]
+    measured = [row for row in rows if row[2:3] == ["3f9a0c1d2e"]]
+    assert [(row[4], row[5], " ".join(row[6:])) for row in measured] == [
+        (gate, verdict, message) for gate, _, verdict, _, message in MEASUREMENTS]
+    assert "http_requests_total" not in shown
+    with_queries = run(server, "rollout", "gates", f"{namespace}/web", "-q").stdout
+    assert "http_request_duration_seconds_bucket" in with_queries and "http_requests_total" in with_queries
+    answer = json.loads(run(server, "rollout", "gates", f"{namespace}/web", "--json", "--limit", "1").stdout)
+    assert [gate["name"] for gate in answer["gates"]] == ["error-ratio", "latency-p99"]
+    assert [(entry["gate"], entry["verdict"]) for entry in answer["history"]] == [("error-ratio", "Passed")]
 
 
 def test_cli_actions_set_the_request_and_a_refusal_exits_1_saying_why(

@@ -1,4 +1,5 @@
-"""HTTP routes for Rollouts: list and read them, and steer them (promote, pause, resume, abort, retry).
+"""HTTP routes for Rollouts: list and read them, show their gates, and steer them (promote, pause, resume,
+abort, retry).
 
 The routes read and patch Rollout objects on the Kubernetes API server; they never talk to the
 controller. An action is a merge patch, `spec.paused` or the `ringmaster.dev/request` annotation,
@@ -29,10 +30,10 @@ from pydantic.alias_generators import to_camel
 
 from rollout.api.cohorts import ActorHeader
 from rollout.api.problems import ApiProblem
-from rollout.controller.history import HistoryEntry, RolloutHistory
+from rollout.controller.history import GateResultEntry, GateResults, HistoryEntry, RolloutHistory
 from rollout.controller.observed import REQUEST_ANNOTATION
 from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
-from rollout.controller.status import Phase, RolloutStatus, Track, parse_status
+from rollout.controller.status import GateStatus, Phase, RolloutStatus, Track, parse_status
 from rollout.kube import NOT_CONFIGURED, load_api_client
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ REQUEST_TIMEOUT_S = 10.0
 NOT_CONFIGURED_TITLE = "Kubernetes is not configured"
 
 NamespaceQuery = Annotated[str | None, Query(max_length=63, description="only this namespace; default every one")]
+MeasurementLimitQuery = Annotated[int, Query(ge=1, le=5000, description="the latest this many measurements")]
 
 
 class Kubernetes:
@@ -119,6 +121,32 @@ class RolloutDetail(RolloutSummary):
     spec: dict[str, Any]
     status: dict[str, Any] = Field(description="as the controller recorded it: conditions, history, pin, bakeUntil")
     history: list[TransitionView]
+
+
+class MeasurementView(_View):
+    """One measurement of one gate in the database's lasting record, kept after the Rollout is gone."""
+
+    at: datetime = Field(description="the evaluation time the queries were sent with")
+    rollout_uid: str
+    revision: str
+    ring: str
+    gate: str
+    kind: str
+    sequence: int = Field(description="the gate's measurement number in this ring of this revision")
+    verdict: str = Field(description="Passed, Failed, Inconclusive, NoData, TooFewSamples or Error")
+    values: dict[str, float] = Field(description="the named numbers the verdict rests on")
+    threshold: str = Field(description="what the gate required")
+    message: str
+    queries: list[str] = Field(description="the queries as sent")
+
+
+class RolloutGates(_View):
+    namespace: str
+    name: str
+    phase: Phase | None = Field(description="None until the controller has recorded a status")
+    current_ring: str | None
+    gates: list[GateStatus] = Field(description="status.gates: where each gate of the ring being baked stands")
+    history: list[MeasurementView] = Field(description="the latest measurements of every gate, oldest first")
 
 
 class RolloutList(_View):
@@ -212,6 +240,13 @@ def _summary_fields(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 def _transition(entry: HistoryEntry) -> TransitionView:
     return TransitionView(at=entry.at, rollout_uid=entry.rollout_uid, sequence=entry.sequence, reason=entry.reason,
                           type=entry.type, revision=entry.revision, ring=entry.ring, message=entry.message)
+
+
+def _measurement(entry: GateResultEntry) -> MeasurementView:
+    return MeasurementView(at=entry.at, rollout_uid=entry.rollout_uid, revision=entry.revision, ring=entry.ring,
+                           gate=entry.gate, kind=entry.kind, sequence=entry.sequence, verdict=entry.verdict,
+                           values=entry.values, threshold=entry.threshold, message=entry.message,
+                           queries=entry.queries)
 
 
 def _api_client(request: Request) -> client.ApiClient:
@@ -313,6 +348,20 @@ def get_rollout(request: Request, namespace: str, name: str) -> RolloutDetail:
         spec=found.get("spec") or {}, status=found.get("status") or {},
         history=[_transition(entry) for entry in history],
     )
+
+
+@router.get("/rollouts/{namespace}/{name}/gates", response_model=RolloutGates,
+            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}})
+def get_rollout_gates(request: Request, namespace: str, name: str, limit: MeasurementLimitQuery = 500) -> RolloutGates:
+    """A Rollout's gates: where each gate of the ring being baked stands, and their measurements kept in the
+    database."""
+    found = _read(_api_client(request), namespace, name)
+    raw_status = found.get("status") or {}
+    status = parse_status(raw_status)
+    measurements = GateResults(request.app.state.engine).entries(namespace, name, limit)
+    return RolloutGates(namespace=namespace, name=name, phase=status.phase if raw_status else None,
+                        current_ring=status.current_ring, gates=status.gates,
+                        history=[_measurement(entry) for entry in measurements])
 
 
 @router.post("/rollouts/{namespace}/{name}/{action}", status_code=202, response_model=ActionAccepted,

@@ -36,6 +36,7 @@ from rollout.controller.status import RolloutStatus
 from rollout.flags.errors import FlagNotFound
 from rollout.flags.spec import FlagSpec, RingTargeting, RingVariants
 from rollout.flags.store import FlagStore
+from rollout.gates.verdicts import finite
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class Executor:
         self.gate_results.record(GateResultEntry(
             at=measurement.at, namespace=rollout.namespace, name=rollout.name, rollout_uid=rollout.uid,
             revision=action.revision, ring=measurement.ring, gate=measurement.gate, kind=measurement.kind,
-            sequence=action.sequence, verdict=measurement.verdict, values=dict(judgment.values),
+            sequence=action.sequence, verdict=measurement.verdict, values=finite(judgment.values),
             threshold=judgment.threshold, message=judgment.message, queries=list(measurement.queries),
         ))
 

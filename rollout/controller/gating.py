@@ -20,7 +20,7 @@ from cohorts.errors import SpecProblem
 from rollout.controller.spec import RingStep, RolloutSpec
 from rollout.controller.status import GateResult, GateStatus, RolloutStatus
 from rollout.gates.spec import GateSpec
-from rollout.gates.verdicts import HOLDING, Measurement
+from rollout.gates.verdicts import HOLDING, Measurement, finite
 
 # A query error is retried after 1 s, 2 s, 4 s ... but never later than the gate's interval.
 FIRST_RETRY_S = 1.0
@@ -125,7 +125,7 @@ def record(gate: GateStatus, spec: GateSpec, measurement: Measurement, bake_unti
     else:
         next_at = now + interval
     judgment = measurement.judgment
-    last = GateResult(at=now, verdict=verdict, values=dict(judgment.values), threshold=judgment.threshold,
+    last = GateResult(at=now, verdict=verdict, values=finite(judgment.values), threshold=judgment.threshold,
                       message=judgment.message, queries=list(measurement.queries))
     return gate.model_copy(update={**counts, "phase": phase, "next_at": next_at, "last": last})
 

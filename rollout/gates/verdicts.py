@@ -6,6 +6,7 @@ without evidence); Inconclusive pauses it for a human.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,3 +41,9 @@ class Measurement:
     @property
     def verdict(self) -> Verdict:
         return self.judgment.verdict
+
+
+def finite(values: Mapping[str, float]) -> dict[str, float]:
+    """The values JSON can carry (the API server and databases refuse Infinity and NaN); a ratio against
+    a zero baseline is infinite, and the message says so in words."""
+    return {name: value for name, value in values.items() if math.isfinite(value)}
