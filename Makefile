@@ -46,6 +46,7 @@ bench: venv
 	$(BIN)/python -m bench.propagation
 	$(BIN)/python -m bench.provider
 	$(BIN)/python -m bench.controller
+	$(BIN)/python -m bench.gates
 
 clean:
 	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis

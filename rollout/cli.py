@@ -161,7 +161,10 @@ def controller(
         with kube_api_client(kubeconfig) as api_client:
             if install_crd:
                 install(api_client)
-            running = Controller(api_client, engine, settings)
+            try:
+                running = Controller(api_client, engine, settings)
+            except ValueError as error:  # a Prometheus URL that is no URL
+                raise fail(str(error)) from error
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: running.stop())
             code = running.run()
