@@ -208,10 +208,12 @@ def test_prometheus_stopped_mid_bake_holds_the_rollout_until_it_is_back(
     prometheus.start()
     try:
         with controller_on(local_cluster, namespace, tmp_path, prometheus.url) as gated:
-            gated.apply(gated_rollout("web-v2", new_version("0.01"), bakes=("12s", "0s", "0s", "0s")))
-            gated.wait("a measurement in canary", lambda status: status.get("currentRing") == "canary" and any(
-                (gate.get("last") or {}).get("verdict") == "Passed" for gate in status.get("gates", [])))
+            gated.apply(gated_rollout("web-v2", new_version("0.01"), bakes=("40s", "0s", "0s", "0s")))
+            baking = gated.wait("a passing measurement in canary", lambda status: status.get("currentRing") == "canary"
+                                and any((gate.get("last") or {}).get("verdict") == "Passed"
+                                        for gate in status.get("gates", [])))
             prometheus.stop()
+            assert baking["step"] == "Baking", "the bake ended before Prometheus was stopped; lengthen it"
             held = gated.wait("the gates to hold", lambda status: any(
                 (gate.get("last") or {}).get("verdict") == "Error" for gate in status.get("gates", [])))
             assert held["phase"] == "Progressing" and held["currentRing"] == "canary"
