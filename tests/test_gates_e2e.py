@@ -72,6 +72,7 @@ class Gated:
     api_client: Any
     namespace: str
     engine: Engine
+    controller: Controller
 
     def apply(self, body: dict[str, Any], plural: str = PLURAL) -> None:
         client.CustomObjectsApi(self.api_client).create_namespaced_custom_object(
@@ -82,7 +83,13 @@ class Gated:
         return found
 
     def wait(self, what: str, predicate: Any, timeout_s: float = 150, name: str = "web") -> dict[str, Any]:
-        wait_for(what, lambda: predicate(self.status(name)), timeout_s, poll_s=0.25)
+        def reached() -> bool:
+            if self.controller.stop_event.is_set():
+                raise AssertionError(f"the controller stopped (lost its Lease: {self.controller.lost_lease.is_set()}) "
+                                     f"while waiting for {what}")
+            return bool(predicate(self.status(name)))
+
+        wait_for(what, reached, timeout_s, poll_s=0.25)
         return self.status(name)
 
     def flag_on_rings(self, key: str) -> set[str]:
@@ -103,14 +110,15 @@ def controller(local_cluster: LocalCluster, namespace: str, tmp_path: Path, prom
     engine = make_engine(url)
     with local_cluster.api_client() as api_client:
         install_crd(api_client)
+        # One controller, no hand-over to test: client-go's lease timing, so a loaded machine does not depose it.
         settings = ControllerSettings(namespace=namespace, identity=f"test-{secrets.token_hex(3)}",
-                                      lease_namespace=namespace, lease_duration_s=4, renew_deadline_s=3,
-                                      retry_period_s=0.5, workers=2, prometheus_url=prometheus_url)
+                                      lease_namespace=namespace, lease_duration_s=15, renew_deadline_s=10,
+                                      retry_period_s=1, workers=2, prometheus_url=prometheus_url)
         running = Controller(api_client, engine, settings)
         thread = threading.Thread(target=running.run, daemon=True)
         thread.start()
         try:
-            yield Gated(api_client, namespace, engine)
+            yield Gated(api_client, namespace, engine, running)
         finally:
             running.stop()
             thread.join(timeout=30)

@@ -438,8 +438,9 @@ def _prometheus_url(ports: Ports) -> str:
 
 def local_prometheus_url(root: Path | None = None) -> str | None:
     """The URL of the Prometheus of the local cluster in `root` (the default one unless given), if its
-    state.json records one; None otherwise."""
+    state.json records one that is running; None otherwise."""
     state = ClusterState.load((root or default_root()).resolve() / "state.json")
-    if state is None or "prometheus" not in state.processes or not state.ports.prometheus:
+    record = state.processes.get("prometheus") if state is not None else None
+    if state is None or record is None or not record.alive() or not state.ports.prometheus:
         return None
     return _prometheus_url(state.ports)
