@@ -6,15 +6,19 @@ keeps every sample, so a test can assert the make-before-break invariant over th
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from sqlalchemy import Engine
 
+from rollout.controller.controller import Controller, ControllerSettings
 from rollout.controller.spec import GROUP, PLURAL, VERSION
 from tests.polling import eventually
 
@@ -84,18 +88,20 @@ class Sample:
     ready: Mapping[str, int]
 
 
-class CapacitySampler:
-    """Samples the spec and ready replicas of every StatefulSet in a namespace until stopped."""
+class Sampler:
+    """Calls `read()` every `interval_s` on a thread of its own until stopped, keeping (time, reading);
+    a reading of None (the read failed) is skipped."""
 
-    def __init__(self, api_client: Any, namespace: str, interval_s: float = 0.02) -> None:
-        self.apps = client.AppsV1Api(api_client)
-        self.namespace = namespace
+    def __init__(self, interval_s: float = 0.02) -> None:
         self.interval_s = interval_s
-        self.samples: list[Sample] = []
+        self.readings: list[tuple[float, Any]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> CapacitySampler:
+    def read(self) -> Any:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -105,16 +111,34 @@ class CapacitySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                items = self.apps.list_namespaced_stateful_set(self.namespace, _request_timeout=5).items
-            except (ApiException, OSError):
-                continue
-            self.samples.append(Sample(
-                time.monotonic(),
-                {item.metadata.name: item.spec.replicas or 0 for item in items},
-                {item.metadata.name: item.status.ready_replicas or 0 for item in items},
-            ))
+            reading = self.read()
+            if reading is not None:
+                self.readings.append((time.monotonic(), reading))
             self._stop.wait(self.interval_s)
+
+
+class CapacitySampler(Sampler):
+    """Samples the spec and ready replicas of every StatefulSet in a namespace until stopped."""
+
+    def __init__(self, api_client: Any, namespace: str, interval_s: float = 0.02) -> None:
+        super().__init__(interval_s)
+        self.apps = client.AppsV1Api(api_client)
+        self.namespace = namespace
+
+    def read(self) -> Sample | None:
+        try:
+            items = self.apps.list_namespaced_stateful_set(self.namespace, _request_timeout=5).items
+        except (ApiException, OSError):
+            return None
+        return Sample(
+            time.monotonic(),
+            {item.metadata.name: item.spec.replicas or 0 for item in items},
+            {item.metadata.name: item.status.ready_replicas or 0 for item in items},
+        )
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [sample for _, sample in self.readings]
 
     def total_ready(self) -> list[int]:
         return [sum(sample.ready.values()) for sample in self.samples]
@@ -124,3 +148,17 @@ class CapacitySampler:
 
     def max_replicas(self, name: str) -> int:
         return max((sample.replicas.get(name, 0) for sample in self.samples), default=0)
+
+
+@contextmanager
+def controller_thread(api_client: Any, engine: Engine, namespace: str, **settings: Any) -> Iterator[Controller]:
+    """A controller in this process on `namespace` (its Lease there too) until the block ends."""
+    running = Controller(api_client, engine, ControllerSettings(
+        namespace=namespace, identity=f"test-{secrets.token_hex(3)}", lease_namespace=namespace, **settings))
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        thread.join(timeout=30)

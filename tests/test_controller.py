@@ -7,8 +7,6 @@ what the controller believed.
 
 from __future__ import annotations
 
-import secrets
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from kubernetes import client
 from sqlalchemy import Engine
 
 from cohorts.db import make_engine, upgrade
-from rollout.controller.controller import Controller, ControllerSettings
+from rollout.controller.controller import Controller
 from rollout.controller.crd import install_crd
 from rollout.controller.history import RolloutHistory
 from rollout.controller.spec import GROUP, PLURAL, VERSION
@@ -29,6 +27,7 @@ from rollout.localcluster.cluster import LocalCluster
 from tests.controller_harness import (
     CANARY_RINGS,
     CapacitySampler,
+    controller_thread,
     get_rollout,
     phase_of,
     rollout,
@@ -81,18 +80,13 @@ def running(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iter
     engine = make_engine(url)
     with local_cluster.api_client() as api_client:
         install_crd(api_client)
-        settings = ControllerSettings(namespace=namespace, identity=f"test-{secrets.token_hex(3)}",
-                                      lease_namespace=namespace, lease_duration_s=4, renew_deadline_s=3,
-                                      retry_period_s=0.5, workers=2)
-        controller = Controller(api_client, engine, settings)
-        thread = threading.Thread(target=controller.run, daemon=True)
-        thread.start()
-        apps = client.AppsV1Api(api_client)
-        apps.create_namespaced_stateful_set(namespace, statefulset("web", REPLICAS, "registry.example.com/web:1.0.0"))
-        wait_ready(api_client, namespace, "web", REPLICAS)
-        yield Running(api_client, namespace, engine, controller)
-        controller.stop()
-        thread.join(timeout=30)
+        with controller_thread(api_client, engine, namespace, lease_duration_s=4, renew_deadline_s=3,
+                               retry_period_s=0.5, workers=2) as controller:
+            apps = client.AppsV1Api(api_client)
+            apps.create_namespaced_stateful_set(namespace, statefulset("web", REPLICAS,
+                                                                       "registry.example.com/web:1.0.0"))
+            wait_ready(api_client, namespace, "web", REPLICAS)
+            yield Running(api_client, namespace, engine, controller)
     engine.dispose()
 
 

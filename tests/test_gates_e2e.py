@@ -7,9 +7,6 @@ The simulated pods serve 20 requests per second with the error ratio of their
 
 from __future__ import annotations
 
-import secrets
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ from kubernetes import client
 from sqlalchemy import Engine
 
 from cohorts.db import make_engine, upgrade
-from rollout.controller.controller import Controller, ControllerSettings
+from rollout.controller.controller import Controller
 from rollout.controller.crd import install_crd
 from rollout.controller.history import GateResults
 from rollout.controller.spec import GROUP, PLURAL, VERSION
@@ -30,7 +27,16 @@ from rollout.flags.store import FlagStore
 from rollout.gates.spec import PLURAL as SLOGATES
 from rollout.localcluster.cluster import LocalCluster
 from rollout.localcluster.prometheus import PrometheusServer
-from tests.controller_harness import CapacitySampler, get_rollout, rollout, statefulset, wait_for, wait_ready
+from tests.controller_harness import (
+    CapacitySampler,
+    Sampler,
+    controller_thread,
+    get_rollout,
+    rollout,
+    statefulset,
+    wait_for,
+    wait_ready,
+)
 
 REPLICAS = 3
 SELECTED = 'namespace="{{ namespace }}",statefulset="{{ statefulSet }}"'
@@ -111,17 +117,9 @@ def controller(local_cluster: LocalCluster, namespace: str, tmp_path: Path, prom
     with local_cluster.api_client() as api_client:
         install_crd(api_client)
         # One controller, no hand-over to test: client-go's lease timing, so a loaded machine does not depose it.
-        settings = ControllerSettings(namespace=namespace, identity=f"test-{secrets.token_hex(3)}",
-                                      lease_namespace=namespace, lease_duration_s=15, renew_deadline_s=10,
-                                      retry_period_s=1, workers=2, prometheus_url=prometheus_url)
-        running = Controller(api_client, engine, settings)
-        thread = threading.Thread(target=running.run, daemon=True)
-        thread.start()
-        try:
+        with controller_thread(api_client, engine, namespace, lease_duration_s=15, renew_deadline_s=10,
+                               retry_period_s=1, workers=2, prometheus_url=prometheus_url) as running:
             yield Gated(api_client, namespace, engine, running)
-        finally:
-            running.stop()
-            thread.join(timeout=30)
     engine.dispose()
 
 
@@ -160,31 +158,18 @@ def test_a_healthy_version_passes_its_gates_in_all_four_rings(
     assert not [entry for entry in gated.verdicts() if entry[2] in ("Failed", "Inconclusive")]
 
 
-class FlagWatch:
+class FlagWatch(Sampler):
     """Reads a flag's rings every 20 ms, to tell when it was turned off against the capacity samples."""
 
     def __init__(self, gated: Gated, key: str) -> None:
+        super().__init__()
         self.gated, self.key = gated, key
-        self.readings: list[tuple[float, frozenset[str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> FlagWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                rings = frozenset(self.gated.flag_on_rings(self.key))
-            except FlagNotFound:
-                rings = frozenset()
-            self.readings.append((time.monotonic(), rings))
-            self._stop.wait(0.02)
+    def read(self) -> frozenset[str]:
+        try:
+            return frozenset(self.gated.flag_on_rings(self.key))
+        except FlagNotFound:
+            return frozenset()
 
 
 def test_a_version_with_many_errors_is_halted_in_canary_and_rolled_back_flag_first(
