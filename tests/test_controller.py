@@ -138,7 +138,9 @@ def test_abort_turns_the_flag_off_then_restores_the_old_version(running: Running
         running.apply(rollout("web", "web", flag="web-abort", bakes=("0s", "1h", "0s", "0s")))
         wait_for("early-adopter to bake", lambda: running.status("web").get("bakeUntil")
                  and running.status("web").get("currentRing") == "early-adopter", 90)
-        assert running.flag_on_rings("web-abort") == {"canary", "early-adopter"}
+        # The status is written before the actions it plans, so the flag follows a moment later.
+        wait_for("the flag on for early-adopter", lambda: running.flag_on_rings("web-abort") == {
+            "canary", "early-adopter"}, 10)
         running.request("web", "abort")
         status = running.wait_phase("web", "RolledBack")
     assert_capacity_held(sampler)
