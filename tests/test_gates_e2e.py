@@ -7,6 +7,7 @@ The simulated pods serve 20 requests per second with the error ratio of their
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,7 +96,12 @@ class Gated:
                                      f"while waiting for {what}")
             return bool(predicate(self.status(name)))
 
-        wait_for(what, reached, timeout_s, poll_s=0.25)
+        try:
+            wait_for(what, reached, timeout_s, poll_s=0.25)
+        except AssertionError as error:
+            status = self.status(name)
+            raise AssertionError(f"{error}; {name} is {status.get('phase')} ({status.get('message')}), gates "
+                                 f"{json.dumps(status.get('gates'))}") from None
         return self.status(name)
 
     def flag_on_rings(self, key: str) -> set[str]:

@@ -282,3 +282,16 @@ def test_an_infinite_ratio_is_left_out_of_the_status_which_stays_valid_json() ->
     last = world.status.gates[0].last
     assert last is not None and last.values == {"newRatio": 0.01}
     json.dumps(world.status.to_wire(), allow_nan=False)
+
+
+def test_a_long_outage_is_retried_at_the_interval_however_many_errors_pile_up() -> None:
+    gate = {**ERROR_RATIO, "interval": "2s"}
+    world = World(gated(bake="5s", gate=gate), replicas=10)
+    up: list[bool] = []
+    world.measure = lambda *_: answer("Passed") if up else answer("Error", "connection refused")
+    world.run_until(baking("canary"))
+    for _ in range(400):  # far more errors in a row than 2 ** n seconds could count
+        world.step()
+    assert gate_named(world.status, "error-ratio").consecutive_errors > 100
+    up.append(True)
+    assert world.run_until(lambda status: status.current_ring == "early-adopter").phase == "Progressing"

@@ -119,7 +119,9 @@ def record(gate: GateStatus, spec: GateSpec, measurement: Measurement, bake_unti
         phase = "Running"
     interval = timedelta(seconds=spec.interval_s)
     if verdict == "Error":
-        next_at = now + min(interval, timedelta(seconds=FIRST_RETRY_S * 2 ** (counts["consecutive_errors"] - 1)))
+        # The exponent is capped: 2 ** 47 s no longer fits a timedelta, and the interval caps the wait anyway.
+        backoff_s = FIRST_RETRY_S * 2 ** min(counts["consecutive_errors"] - 1, 30)
+        next_at = now + min(interval, timedelta(seconds=backoff_s))
     elif now < bake_until and spec.count is None:
         next_at = min(now + interval, bake_until)  # one measurement lands at the end of the bake
     else:
