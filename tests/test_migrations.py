@@ -9,6 +9,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DatabaseError
 
 import cohorts.tables  # noqa: F401  (registers the tables on Base.metadata)
+import rollout.andon.tables  # noqa: F401  (and andon_events)
+import rollout.auth.tables  # noqa: F401  (and api_tokens)
 import rollout.controller.history  # (and rollout_history, gate_results)
 import rollout.flags.tables  # noqa: F401  (and the flag tables)
 from cohorts.db import (
@@ -24,6 +26,8 @@ from cohorts.store import CohortStore
 
 TABLES = {
     "alembic_version",
+    "andon_events",
+    "api_tokens",
     "audit_log",
     "cohort_opt_choices",
     "cohort_set_versions",
@@ -66,7 +70,7 @@ def test_upgrade_downgrade_to_base_and_upgrade_again_leaves_a_fresh_database(
 ) -> None:
     engine = make_engine(database_url)
     try:
-        assert current_revision(engine) == head_revision() == "0004_gate_results"
+        assert current_revision(engine) == head_revision() == "0005_andon_and_tokens"
         assert set(inspect(engine).get_table_names()) == TABLES
 
         downgrade(database_url, "base")

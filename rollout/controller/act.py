@@ -197,12 +197,6 @@ class Executor:
 
     def _record(self, rollout: RolloutView, action: RecordEvent) -> None:
         now = self.clock()
-        if action.sequence is not None:
-            self.history.record(HistoryEntry(
-                at=now, namespace=rollout.namespace, name=rollout.name, rollout_uid=rollout.uid,
-                sequence=action.sequence, reason=action.reason, type=action.type, revision=action.revision,
-                ring=action.ring, message=action.message,
-            ))
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1", "kind": "Event",
@@ -218,6 +212,13 @@ class Executor:
         except ApiException as error:
             # An Event is a courtesy; the status and the database hold the record.
             log.warning("%s: event %s not recorded: %s", rollout.key, action.reason, error.reason)
+        # The Event first: with the database down (the cord then counts as pulled) it still tells why.
+        if action.sequence is not None:
+            self.history.record(HistoryEntry(
+                at=now, namespace=rollout.namespace, name=rollout.name, rollout_uid=rollout.uid,
+                sequence=action.sequence, reason=action.reason, type=action.type, revision=action.revision,
+                ring=action.ring, message=action.message,
+            ))
 
     def _record_gate_result(self, rollout: RolloutView, action: RecordGateResult) -> None:
         measurement = action.measurement

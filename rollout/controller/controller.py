@@ -22,6 +22,8 @@ from sqlalchemy import Engine
 
 from cohorts.cache import CompiledSetCache
 from cohorts.store import CohortStore
+from rollout.andon.store import AndonStore
+from rollout.andon.watch import DEFAULT_POLL_S, CordWatcher
 from rollout.controller.act import Executor, StaleWrite
 from rollout.controller.history import GateResults, RolloutHistory
 from rollout.controller.leader import LeaderElector
@@ -58,6 +60,7 @@ class ControllerSettings:
     resync_s: float = 300.0
     watch_timeout_s: int = 300
     prometheus_url: str | None = None
+    andon_poll_s: float = DEFAULT_POLL_S
 
 
 class Controller:
@@ -86,10 +89,12 @@ class Controller:
         self.executor = Executor(api_client, flag_store, RolloutHistory(engine), GateResults(engine),
                                  is_leader=self.elector.is_leader)
         self.prometheus = Prometheus(settings.prometheus_url) if settings.prometheus_url else None
+        self.cord = CordWatcher(AndonStore(engine), on_change=self._on_cord_change, poll_s=settings.andon_poll_s)
         self.reconciler = Reconciler(
             rollout_of=self.rollouts.get, statefulset_of=self.statefulsets.get,
             cohort_store=cohort_store, compiled_sets=CompiledSetCache(cohort_store), flag_store=flag_store,
             executor=self.executor, slogates_of=self._slogates_in, prometheus=self.prometheus,
+            andon_of=lambda rollout: self.cord.view(rollout.namespace, rollout.name),
         )
         self._workers: list[threading.Thread] = []
         # (namespace, StatefulSet name) -> the Rollouts that name it, for StatefulSets no Rollout owns.
@@ -138,6 +143,12 @@ class Controller:
         for rollout in self.rollouts.list(namespace):
             self.queue.add(f"{namespace}/{rollout['metadata']['name']}")
 
+    def _on_cord_change(self) -> None:
+        # A pull or a release may concern any rollout: look at every one again, at once.
+        for rollout in self.rollouts.list():
+            metadata = rollout.get("metadata", {})
+            self.queue.add(f"{metadata.get('namespace', '')}/{metadata.get('name')}")
+
     def _slogates_in(self, namespace: str) -> dict[str, Any]:
         return {gate["metadata"]["name"]: gate.get("spec") for gate in self.slogates.list(namespace)}
 
@@ -168,6 +179,7 @@ class Controller:
             while not all(informer.wait_synced(1.0) for informer in (self.rollouts, self.statefulsets, self.slogates)):
                 if self.stop_event.is_set():
                     return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
+            self.cord.start()
             for rollout in self.rollouts.list():
                 self._on_rollout("SYNC", rollout)
             for index in range(self.settings.workers):
@@ -180,6 +192,7 @@ class Controller:
             self.queue.shutdown()
             for worker in self._workers:
                 worker.join(timeout=30)
+            self.cord.stop()
             self.elector.stop(release=not self.lost_lease.is_set())
             self.rollouts.stop()
             self.statefulsets.stop()

@@ -147,10 +147,12 @@ class FlagView:
 
 @dataclass(frozen=True)
 class AndonView:
-    """Whether the andon cord is pulled over this rollout, and why."""
+    """Whether the andon cord is pulled over this rollout, and why; `cause` is the Halted condition's
+    reason: AndonPulled, or AndonStateUnknown when the cord cannot be read and counts as pulled."""
 
     pulled: bool = False
     reason: str = ""
+    cause: str = "AndonPulled"
 
 
 @dataclass(frozen=True)

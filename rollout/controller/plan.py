@@ -164,8 +164,12 @@ class _Planner:
         self.freeze(self.status.track, f"invalid spec: {self.invalid}")
 
     def hold(self, message: str) -> None:
-        """Wait for something outside Kubernetes (the database) without changing anything."""
-        self.freeze(self.status.track, message)
+        """Wait for something outside Kubernetes (the database) without changing anything; halted
+        rather than merely held when the cord is pulled (or cannot be read) over an active rollout."""
+        if self.andon.pulled and self.status.track in ACTIVE_TRACKS:
+            self.freeze("Halted", f"halted by the andon cord: {self.andon.reason}; and {message}")
+        else:
+            self.freeze(self.status.track, message)
         self.requeue(RECHECK_S / 6)
 
     def freeze(self, phase: Phase, message: str) -> None:
@@ -634,7 +638,7 @@ class _Planner:
             "Progressing": (status.phase in ("Progressing", "RollingBack"), status.phase, status.message),
             "Paused": (status.phase == "Paused", "Paused" if status.phase == "Paused" else "NotPaused",
                        status.message if status.phase == "Paused" else ""),
-            "Halted": (status.phase == "Halted", "AndonPulled" if status.phase == "Halted" else "NotHalted",
+            "Halted": (status.phase == "Halted", self.andon.cause if status.phase == "Halted" else "NotHalted",
                        self.andon.reason if status.phase == "Halted" else ""),
             "InvalidSpec": (self.invalid is not None, "InvalidSpec" if self.invalid else "Valid", self.invalid or ""),
             "Available": (old_ready + new_ready >= target, "CapacityReady" if old_ready + new_ready >= target
