@@ -46,6 +46,7 @@ from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 from bench.usage_ingest import postgres_database, sqlite_database
 from cohorts.db import make_engine, upgrade
 from cohorts.store import CohortStore
+from rollout.auth.tokens import TokenStore
 
 STREAM_COUNTS = (1, 100, 1000)
 STREAMS_PER_CHANNEL = 100
@@ -190,12 +191,13 @@ async def change(api: httpx.AsyncClient, token: str) -> None:
 
 
 async def measure(kind: str, streams_on: Replica, changes_through: Replica, streams: int,
-                  changes: int) -> list[float]:
+                  changes: int, headers: dict[str, str]) -> list[float]:
     """Latencies (s) of `changes` flag changes until all `streams` streams of `kind` have each."""
     arrivals = Arrivals(streams)
     follow = grpc_streams if kind == "gRPC" else sse_streams
     latencies = []
-    async with follow(streams_on, arrivals), httpx.AsyncClient(base_url=changes_through.base_url, timeout=30) as api:
+    async with follow(streams_on, arrivals), httpx.AsyncClient(base_url=changes_through.base_url, timeout=30,
+                                                               headers=headers) as api:
         await asyncio.wait_for(arrivals.all_connected.wait(), CHANGE_TIMEOUT_S)
         for _ in range(changes):
             token = secrets.token_hex(6)
@@ -208,10 +210,10 @@ async def measure(kind: str, streams_on: Replica, changes_through: Replica, stre
     return latencies
 
 
-async def poll_baseline(replica: Replica, changes: int) -> list[float]:
+async def poll_baseline(replica: Replica, changes: int, headers: dict[str, str]) -> list[float]:
     """One client polling flags.json every POLL_INTERVAL_S; changes land at random points of its cycle."""
     latencies = []
-    async with httpx.AsyncClient(base_url=replica.base_url, timeout=30) as api:
+    async with httpx.AsyncClient(base_url=replica.base_url, timeout=30, headers=headers) as api:
         etag = (await api.get("/flagd/v1/flags.json")).headers["ETag"]
         poller_started_s = time.monotonic()
         for _ in range(changes):
@@ -235,6 +237,16 @@ def row(label: str, latencies: list[float]) -> str:
     return f"{label:<44} {statistics.median(latencies) * 1000:>9.1f} {max(latencies) * 1000:>9.1f}"
 
 
+def admin_headers(database_url: str) -> dict[str, str]:
+    """An admin token's Authorization header: changing a flag needs one."""
+    engine = make_engine(database_url)
+    try:
+        _, token = TokenStore(engine).create(f"bench-{secrets.token_hex(4)}", "admin", "bench.propagation")
+    finally:
+        engine.dispose()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def opt_in(database_url: str, users: int) -> None:
     """Opt users in to the default set, whose ring evaluator then lists them: a larger document."""
     engine = make_engine(database_url)
@@ -249,21 +261,22 @@ def opt_in(database_url: str, users: int) -> None:
 async def run(database_url: str, changes: int, baseline: bool, opt_ins: int, log_dir: Path) -> None:
     upgrade(database_url)
     opt_in(database_url, opt_ins)
+    headers = admin_headers(database_url)
     with replicas(database_url, 2, log_dir) as (first, second):
-        async with httpx.AsyncClient(base_url=first.base_url) as api:
+        async with httpx.AsyncClient(base_url=first.base_url, headers=headers) as api:
             (await api.post("/api/v1/flags", json=FLAG)).raise_for_status()
             size = len((await api.get("/flagd/v1/flags.json")).content)
         print(f"document {size:,} bytes; {changes} changes per row; median and max in ms")
         print(f"{'streams, protocol, where the change was made':<44} {'median':>9} {'max':>9}")
         for kind in ("gRPC", "SSE"):
             for streams in STREAM_COUNTS:
-                latencies = await measure(kind, first, first, streams, changes)
+                latencies = await measure(kind, first, first, streams, changes, headers)
                 print(row(f"{streams:>5} {kind:<4} same replica", latencies), flush=True)
         for kind in ("gRPC", "SSE"):
-            latencies = await measure(kind, second, first, STREAM_COUNTS[-1], changes)
+            latencies = await measure(kind, second, first, STREAM_COUNTS[-1], changes, headers)
             print(row(f"{STREAM_COUNTS[-1]:>5} {kind:<4} other replica (200 ms poll)", latencies), flush=True)
         if baseline:
-            latencies = await poll_baseline(first, max(3, changes // 2))
+            latencies = await poll_baseline(first, max(3, changes // 2), headers)
             print(row(f"    1 flags.json polled every {POLL_INTERVAL_S:g} s (flagd)", latencies), flush=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ from rich.table import Column, Table
 
 from cohorts.db import current_revision, database_url, downgrade, head_revision, make_engine, upgrade
 from rollout.api.sync import DEFAULT_SYNC_PORT
-from rollout.client import ClientError, RingmasterClient
+from rollout.auth.tokens import CACHE_SECONDS, ROLE_DUTIES, AuthError, TokenStore
+from rollout.client import TOKEN_ENV, ClientError, RingmasterClient
 from rollout.controller.observed import REQUEST_ANNOTATION
 from rollout.settings import ServiceSettings, SettingsError
 
@@ -42,7 +44,10 @@ localcluster_app = typer.Typer(
     "a simulated node) in the data folder.",
     no_args_is_help=True,
 )
+token_app = typer.Typer(help="API tokens and their roles, on the database directly like `db`; commands that call "
+                        "the API send one (--token or RINGMASTER_TOKEN).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 app.add_typer(localcluster_app, name="localcluster")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(usage_app, name="usage")
@@ -64,9 +69,18 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+@app.callback()
+def main(token: Annotated[str | None, typer.Option(
+        "--token", envvar=TOKEN_ENV, show_envvar=True,
+        help="API token that commands calling the API send (`ringmaster token create` makes one)")] = None) -> None:
+    """Ringmaster: release rings by user cohort."""
+    if token:
+        os.environ[TOKEN_ENV] = token  # RingmasterClient sends $RINGMASTER_TOKEN; --token sets it for this command
+
+
 @contextmanager
 def client(server: str | None) -> Iterator[RingmasterClient]:
-    connection = RingmasterClient(server, actor=f"{getpass.getuser()} (cli)")
+    connection = RingmasterClient(server)
     try:
         yield connection
     except ClientError as error:
@@ -213,6 +227,73 @@ def db_current() -> None:
         console.print(f"current: {current_revision(engine)}  head: {head_revision()}")
     finally:
         engine.dispose()
+
+
+@contextmanager
+def token_store() -> Iterator[TokenStore]:
+    """The tokens in the database, its schema brought to head first (so a fresh install can make its first)."""
+    url = database_url()
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        yield TokenStore(engine)
+    except AuthError as error:
+        raise fail(str(error)) from error
+    finally:
+        engine.dispose()
+
+
+def _cli_user() -> str:
+    return f"{getpass.getuser()} (cli)"
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="who will use it, a person or a system; changes are recorded "
+                                                     "under this name")],
+    role: Annotated[str, typer.Option("--role", help="; ".join(f"{role}: {duty}"
+                                                              for role, duty in ROLE_DUTIES.items()))],
+    by: Annotated[str | None, typer.Option("--by", help="who creates it, for the audit log; default <user> (cli)")]
+    = None,
+) -> None:
+    """Create an API token and print it alone on the last line; it is shown this once (only its hash is kept)."""
+    with token_store() as tokens:
+        _, token = tokens.create(name, role, by or _cli_user())
+    console.print(f"token {name!r} with the {role} role is created; keep it secret, it is not shown again:",
+                  highlight=False, soft_wrap=True)
+    sys.stdout.write(f"{token}\n")
+
+
+@token_app.command("list")
+def token_list(as_json: JsonOption = False) -> None:
+    """List tokens: name, role, who created it and when, whether revoked (never the token)."""
+    with token_store() as tokens:
+        listed = tokens.list()
+    if as_json:
+        emit_json([{"name": item.name, "role": item.role, "createdAt": item.created_at.isoformat(),
+                    "createdBy": item.created_by,
+                    "revokedAt": item.revoked_at.isoformat() if item.revoked_at else None} for item in listed])
+        return
+    table = Table("NAME", "ROLE", "CREATED", "BY", "REVOKED", box=None)
+    for item in listed:
+        table.add_row(escape(item.name), item.role, _when(item.created_at.isoformat()), escape(item.created_by),
+                      _when(item.revoked_at.isoformat()) if item.revoked_at else "-")
+    console.print(table if listed else "no tokens; `ringmaster token create --name NAME --role ROLE` makes one",
+                  highlight=False)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="the token's name")],
+    by: Annotated[str | None, typer.Option("--by", help="who revokes it, for the audit log; default <user> (cli)")]
+    = None,
+) -> None:
+    """Revoke a token: `ringmaster serve` refuses it within seconds (it trusts a verified token that long)."""
+    with token_store() as tokens:
+        revoked = tokens.revoke(name, by or _cli_user())
+    since = _when(revoked.revoked_at.isoformat() if revoked.revoked_at else None)
+    console.print(f"token {name!r} ({revoked.role}) is revoked since {since} UTC; the API refuses it within "
+                  f"{CACHE_SECONDS:g} s", highlight=False, soft_wrap=True)
 
 
 @cohort_app.command("list")
@@ -818,3 +899,96 @@ def localcluster_kubeconfig(root: RootOption = None) -> None:
     from rollout.localcluster.cluster import LocalCluster
 
     sys.stdout.write(f"{LocalCluster(root).kubeconfig}\n")
+
+
+# The andon cord
+
+andon_app = typer.Typer(help="The andon cord: stop every rollout at once (or a namespace's, or one), and release it.",
+                        no_args_is_help=True)
+app.add_typer(andon_app, name="andon")
+ReasonRequired = Annotated[str, typer.Option("--reason", "-r", help="why (3 to 500 characters); required")]
+
+
+def _scope_text(scope: dict[str, Any]) -> str:
+    if scope["kind"] == "global":
+        return "every rollout"
+    if scope["kind"] == "namespace":
+        return f"namespace {scope['namespace']}"
+    return f"rollout {scope['namespace']}/{scope['rollout']}"
+
+
+@andon_app.command("pull")
+def andon_pull(
+    reason: ReasonRequired,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="halt only this namespace's rollouts")]
+    = None,
+    rollout: Annotated[str | None, typer.Option("--rollout", help="halt only this rollout, as NAMESPACE/NAME")] = None,
+    server: ServerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pull the cord: every rollout in scope halts (no scaling, no flag change, no promotion) until released."""
+    if namespace and rollout:
+        raise fail("give --namespace or --rollout NAMESPACE/NAME, not both")
+    rollout_namespace, rollout_name = _rollout_key(rollout) if rollout else (namespace, None)
+    with client(server) as api:
+        pulled = api.andon_pull(reason, rollout_namespace, rollout_name)
+    if as_json:
+        emit_json(pulled)
+        return
+    console.print(f"[bold red]pulled[/bold red] the andon cord over {_scope_text(pulled['scope'])}: pull "
+                  f"{pulled['id']}; release it with `ringmaster andon release {pulled['id']} --reason ...`",
+                  highlight=False, soft_wrap=True)
+
+
+@andon_app.command("release")
+def andon_release(
+    pull_id: Annotated[int | None, typer.Argument(help="the pull to release; default the only active one")] = None,
+    reason: ReasonRequired = "",
+    server: ServerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Release a pull: the rollouts it halted go on where they stopped."""
+    if not reason.strip():
+        raise fail("--reason is required: say why the line may go on")
+    with client(server) as api:
+        if pull_id is None:
+            active = api.andon_status()["active"]
+            if len(active) != 1:
+                raise fail("no pull is active" if not active else
+                           f"{len(active)} pulls are active ({', '.join(str(item['id']) for item in active)}); "
+                           "name the one to release")
+            pull_id = int(active[0]["id"])
+        released = api.andon_release(pull_id, reason)
+    if as_json:
+        emit_json(released)
+        return
+    console.print(f"released pull {released['id']} ({_scope_text(released['scope'])}, pulled by "
+                  f"{released['actor']}: {released['reason']})", highlight=False, soft_wrap=True)
+
+
+@andon_app.command("status")
+def andon_status(server: ServerOption = None, as_json: JsonOption = False,
+                 history: Annotated[int, typer.Option(help="also show the last N pulls and releases")] = 0) -> None:
+    """Show the active pulls (who, when, why, over what), and with --history the record."""
+    with client(server) as api:
+        cord = api.andon_status()
+        events = api.andon_history(history) if history else []
+    if as_json:
+        emit_json({**cord, "history": events} if history else cord)
+        return
+    if not cord["active"]:
+        console.print("[green]the line runs[/green]: no pull is active", highlight=False)
+    else:
+        table = Table("PULL", "SCOPE", "BY", "WHEN", "VIA", Column("REASON", overflow="fold"),
+                      title="[bold red]the andon cord is pulled[/bold red]", box=None)
+        for item in cord["active"]:
+            table.add_row(str(item["id"]), _scope_text(item["scope"]), escape(item["actor"]), _when(item["at"]),
+                          item["via"], escape(item["reason"]))
+        console.print(table)
+    if events:
+        record = Table("ID", "KIND", "PULL", "SCOPE", "BY", "WHEN", Column("REASON", overflow="fold"),
+                       title="record", box=None)
+        for event in events:
+            record.add_row(str(event["id"]), event["kind"], str(event["pullId"]), _scope_text(event["scope"]),
+                           escape(event["actor"]), _when(event["at"]), escape(event["reason"]))
+        console.print(record)

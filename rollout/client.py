@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+TOKEN_ENV = "RINGMASTER_TOKEN"
+# Pulls and releases record where they came from; the API tells the CLI by its user agent.
+CLI_AGENT = {"User-Agent": "ringmaster-cli"}
 
 
 class ClientError(Exception):
@@ -24,9 +27,11 @@ def server_url() -> str:
 
 
 class RingmasterClient:
-    def __init__(self, base_url: str | None = None, actor: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str | None = None, token: str | None = None, timeout_s: float = 30.0) -> None:
+        """`token` (default $RINGMASTER_TOKEN) is sent with every request; the server names changes after it."""
         self.base_url = (base_url or server_url()).rstrip("/")
-        headers = {"X-Ringmaster-Actor": actor} if actor else {}
+        token = (token or os.environ.get(TOKEN_ENV) or "").strip()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
 
     def close(self) -> None:
@@ -176,3 +181,24 @@ class RingmasterClient:
             "POST", f"/api/v1/rollouts/{namespace}/{name}/{action}", json={"reason": reason} if reason else None
         )
         return result
+
+    # The andon cord
+
+    def andon_pull(self, reason: str, namespace: str | None = None, rollout: str | None = None) -> dict[str, Any]:
+        scope = {key: value for key, value in (("namespace", namespace), ("rollout", rollout)) if value}
+        pulled: dict[str, Any] = self.request("POST", "/api/v1/andon/pull", json={"reason": reason, "scope": scope},
+                                              headers=CLI_AGENT)
+        return pulled
+
+    def andon_release(self, pull_id: int, reason: str) -> dict[str, Any]:
+        released: dict[str, Any] = self.request("POST", "/api/v1/andon/release",
+                                                json={"id": pull_id, "reason": reason}, headers=CLI_AGENT)
+        return released
+
+    def andon_status(self) -> dict[str, Any]:
+        cord: dict[str, Any] = self.request("GET", "/api/v1/andon")
+        return cord
+
+    def andon_history(self, limit: int = 50) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/andon/history", params={"limit": limit})["items"]
+        return items

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cohorts.assign import DEFAULT_MAX_MATERIALIZED_KEYS
 from cohorts.db import database_url
+from rollout.auth.tokens import Role
+from rollout.slack.users import parse_slack_users
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 
 
 class SettingsError(ValueError):
@@ -23,9 +28,43 @@ def _positive_int(name: str, default: int) -> int:
     return int(raw)
 
 
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off", "")
+
+
+def _boolean(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in TRUE_WORDS:
+        return True
+    if raw.strip().lower() in FALSE_WORDS:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not true or false; set {name}=true or {name}=false")
+
+
 def _kubeconfig() -> Path | None:
     raw = os.environ.get("RINGMASTER_KUBECONFIG") or os.environ.get("KUBECONFIG")
     return Path(raw).expanduser() if raw else None
+
+
+def _text(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
+
+
+def _slack_api_url() -> str:
+    url = _text("RINGMASTER_SLACK_API_URL") or DEFAULT_SLACK_API_URL
+    if not url.startswith(("https://", "http://")):
+        raise SettingsError(f"RINGMASTER_SLACK_API_URL={url!r} is not an http(s) URL; leave it unset for Slack's "
+                            f"{DEFAULT_SLACK_API_URL}")
+    return url if url.endswith("/") else url + "/"  # WebClient joins method names onto it
+
+
+def _slack_users() -> dict[str, Role]:
+    try:
+        return parse_slack_users(os.environ.get("RINGMASTER_SLACK_USERS", ""))
+    except ValueError as error:
+        raise SettingsError(f"RINGMASTER_SLACK_USERS: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -37,6 +76,16 @@ class ServiceSettings:
     sync_host: str = "127.0.0.1"
     # The rollout routes' Kubernetes; None: in-cluster, else the local control plane's, else none (503).
     kubeconfig: Path | None = None
+    # Whether GET routes under /api/v1 need a viewer token; writes always need a token.
+    reads_require_token: bool = False
+    # Whether the andon cord must be released by someone other than whoever pulled it.
+    andon_release_by_other: bool = False
+    # Slack (docs/slack.md): /slack/events answers 503 unless the signing secret and the bot token are set.
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_channel: str | None = None  # where pulls and releases are announced; None announces nowhere
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    slack_users: Mapping[str, Role] = field(default_factory=dict)  # Slack member id -> role
 
     @classmethod
     def from_environment(cls) -> ServiceSettings:
@@ -44,4 +93,11 @@ class ServiceSettings:
             database_url=database_url(),
             max_materialized_keys=_positive_int("RINGMASTER_MAX_MATERIALIZED_KEYS", DEFAULT_MAX_MATERIALIZED_KEYS),
             kubeconfig=_kubeconfig(),
+            reads_require_token=_boolean("RINGMASTER_READS_REQUIRE_TOKEN", False),
+            andon_release_by_other=_boolean("RINGMASTER_ANDON_RELEASE_BY_OTHER", False),
+            slack_signing_secret=_text("RINGMASTER_SLACK_SIGNING_SECRET"),
+            slack_bot_token=_text("RINGMASTER_SLACK_BOT_TOKEN"),
+            slack_channel=_text("RINGMASTER_SLACK_CHANNEL"),
+            slack_api_url=_slack_api_url(),
+            slack_users=_slack_users(),
         )

@@ -15,6 +15,7 @@ from openfeature.evaluation_context import EvaluationContext
 from cohorts.spec import default_cohort_set
 from rollout.api.app import create_app
 from rollout.settings import ServiceSettings
+from tests.auth_helpers import authorized
 from tests.shared_data import flagd_validator
 
 PROBLEM_JSON = "application/problem+json"
@@ -23,7 +24,7 @@ PROBLEM_JSON = "application/problem+json"
 @pytest.fixture
 def api(database_url: str) -> Iterator[TestClient]:
     settings = ServiceSettings(database_url=database_url, max_materialized_keys=1000)
-    with TestClient(create_app(settings), headers={"X-Ringmaster-Actor": "ana@example.com"}) as client:
+    with TestClient(create_app(settings), headers=authorized(database_url)) as client:
         yield client
 
 

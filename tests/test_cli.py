@@ -36,6 +36,11 @@ def run(environment: dict[str, str], *arguments: str, check: bool = True) -> sub
     return completed
 
 
+def cli_token(environment: dict[str, str], name: str, role: str) -> str:
+    """A token made with `ringmaster token create` in the environment's database: its output's last line."""
+    return run(environment, "token", "create", "--name", name, "--role", role).stdout.splitlines()[-1]
+
+
 def wait_until_serving(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
     """Until `ringmaster serve` answers /readyz; fails with its log if it exits, or after 30 s."""
     deadline = time.monotonic() + 30
@@ -58,7 +63,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
                    "RINGMASTER_SERVER": f"http://127.0.0.1:{port}"}
     environment.pop("RINGMASTER_DATABASE_URL", None)
-    assert "0004_gate_results" in run(environment, "db", "upgrade").stdout
+    assert "0005_andon_and_tokens" in run(environment, "db", "upgrade").stdout
+    environment["RINGMASTER_TOKEN"] = cli_token(environment, "ana", "admin")
     log = (data_dir / "serve.log").open("w")
     sync_port = free_port()
     process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", str(sync_port)],
@@ -102,7 +108,7 @@ def test_opt_in_then_explain_and_audit(server: dict[str, str]) -> None:
     run(server, "cohort", "opt-in", "olga")
     assert "opt-in" in run(server, "cohort", "explain", "olga").stdout
     audit = json.loads(run(server, "cohort", "audit", "--subject", "cohort-set/default", "--json").stdout)
-    assert audit[0]["action"] == "cohort-set.set-opt" and audit[0]["actor"].endswith("(cli)")
+    assert (audit[0]["action"], audit[0]["actor"]) == ("cohort-set.set-opt", "ana")  # the token's name
 
 
 def test_usage_ingest_reads_json_lines(server: dict[str, str]) -> None:

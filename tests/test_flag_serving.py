@@ -39,6 +39,7 @@ from cohorts.rotation import epoch_at
 from cohorts.store import CohortStore
 from rollout.api.app import create_app
 from rollout.settings import ServiceSettings
+from tests.auth_helpers import authorized
 from tests.test_cli import free_port
 
 CHANGE_DEADLINE_S = 1.0
@@ -78,7 +79,9 @@ def start_replica(database_url: str) -> Replica:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     base_url = f"http://127.0.0.1:{port}"
-    served = Served(base_url, app.state.sync_port, httpx.Client(base_url=base_url, timeout=10), app)
+    # Changing flags needs an admin token; the providers and EventReader here read without one, as apps do.
+    http = httpx.Client(base_url=base_url, timeout=10, headers=authorized(database_url, f"replica-{port}"))
+    served = Served(base_url, app.state.sync_port, http, app)
     return Replica(server, thread, served)
 
 

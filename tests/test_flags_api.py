@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from cohorts.spec import default_cohort_set
 from rollout.api.app import create_app
 from rollout.settings import ServiceSettings
+from tests.auth_helpers import authorized
 from tests.shared_data import flagd_validator
 from tests.test_api import assert_problem
 
@@ -18,7 +19,7 @@ from tests.test_api import assert_problem
 @pytest.fixture
 def api(database_url: str) -> Iterator[TestClient]:
     settings = ServiceSettings(database_url=database_url, max_materialized_keys=1000)
-    with TestClient(create_app(settings), headers={"X-Ringmaster-Actor": "ana@example.com"}) as client:
+    with TestClient(create_app(settings), headers=authorized(database_url)) as client:
         yield client
 
 

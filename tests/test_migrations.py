@@ -9,8 +9,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DatabaseError
 
 import cohorts.tables  # noqa: F401  (registers the tables on Base.metadata)
-import rollout.andon.tables  # noqa: F401  (and andon_events)
-import rollout.auth.tables  # noqa: F401  (and api_tokens)
+import rollout.andon.tables  # (and andon_events)
+import rollout.auth.tables  # (and api_tokens)
 import rollout.controller.history  # (and rollout_history, gate_results)
 import rollout.flags.tables  # noqa: F401  (and the flag tables)
 from cohorts.db import (

@@ -26,9 +26,10 @@ from rollout.controller.spec import GROUP, PLURAL, VERSION
 from rollout.controller.status import Condition, GateResult, GateStatus, Pin, RingRecord, RolloutStatus
 from rollout.localcluster.cluster import LocalCluster
 from rollout.settings import ServiceSettings
+from tests.auth_helpers import authorized
 from tests.controller_harness import get_rollout, rollout
 from tests.test_api import assert_problem
-from tests.test_cli import REPOSITORY, RINGMASTER, free_port, run, wait_until_serving
+from tests.test_cli import REPOSITORY, RINGMASTER, cli_token, free_port, run, wait_until_serving
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 ACTOR = "ana@example.com"
@@ -47,7 +48,7 @@ def kube(local_cluster: LocalCluster) -> Iterator[client.ApiClient]:
 @pytest.fixture
 def api(database_url: str, local_cluster: LocalCluster, kube: client.ApiClient) -> Iterator[TestClient]:
     settings = ServiceSettings(database_url=database_url, kubeconfig=local_cluster.kubeconfig)
-    with TestClient(create_app(settings), headers={"X-Ringmaster-Actor": ACTOR}) as test_client:
+    with TestClient(create_app(settings), headers=authorized(database_url, ACTOR)) as test_client:
         yield test_client
 
 
@@ -310,7 +311,8 @@ def test_without_kubernetes_the_rollout_routes_answer_503_saying_how_to_configur
     # Not in a cluster, and no local control plane in this data folder.
     monkeypatch.setenv("RINGMASTER_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with TestClient(create_app(ServiceSettings(database_url=database_url))) as unconfigured:
+    with TestClient(create_app(ServiceSettings(database_url=database_url)),
+                    headers=authorized(database_url)) as unconfigured:
         for answer in (unconfigured.get("/api/v1/rollouts"), unconfigured.get("/api/v1/rollouts/default/web"),
                        unconfigured.get("/api/v1/rollouts/default/web/gates"),
                        unconfigured.post("/api/v1/rollouts/default/web/pause")):
@@ -346,6 +348,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, local_cluster: LocalCluster
                    "RINGMASTER_KUBECONFIG": str(local_cluster.kubeconfig)}
     environment.pop("RINGMASTER_DATABASE_URL", None)
     run(environment, "db", "upgrade")
+    environment["RINGMASTER_TOKEN"] = cli_token(environment, "ana", "admin")
     log_path = data_dir / "serve.log"
     with log_path.open("w") as log:
         process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", "0"],

@@ -163,6 +163,13 @@ class AndonStore:
                            row.pull_id if row.pull_id is not None else row.id, _scope(row), row.reason, row.actor,
                            row.via) for row in rows]
 
+    def counts(self) -> dict[str, int]:
+        """How many pulls and releases the record holds: {"pull": n, "release": m}."""
+        query = select(AndonEventRow.kind, func.count()).group_by(AndonEventRow.kind)
+        with read_session(self.engine) as session:
+            counted = {kind: int(number) for kind, number in session.execute(query)}
+        return {"pull": counted.get("pull", 0), "release": counted.get("release", 0)}
+
     def marker(self) -> int:
         """The newest event's id (0 before the first pull): it moves on every pull and release."""
         with read_session(self.engine) as session:

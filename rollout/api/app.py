@@ -15,13 +15,18 @@ from sqlalchemy import text
 from cohorts.cache import CompiledSetCache
 from cohorts.db import current_revision, head_revision, make_engine
 from cohorts.store import CohortStore
-from rollout.api import cohorts, flagd, flags, ofrep, rollouts
+from rollout.andon.metrics import AndonCollector
+from rollout.andon.store import AndonStore
+from rollout.api import andon, cohorts, flagd, flags, ofrep, rollouts
+from rollout.api.auth import install_auth_handlers
 from rollout.api.problems import install_problem_handlers, problem
 from rollout.api.sync import SyncServer
+from rollout.auth.tokens import TokenStore
 from rollout.flags.document import compile_flags
 from rollout.flags.publisher import FlagPublisher
 from rollout.flags.store import FlagStore
 from rollout.settings import ServiceSettings
+from rollout.slack import app as slack
 
 
 class ServiceMetrics:
@@ -57,6 +62,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         engine = make_engine(chosen.database_url)
         app.state.engine = engine
         app.state.store = store = CohortStore(engine)
+        app.state.tokens = TokenStore(engine)
         app.state.compiled_sets = compiled_sets = CompiledSetCache(store, max_keys=chosen.max_materialized_keys)
         app.state.flags = flag_store = FlagStore(engine, store)
         app.state.publisher = publisher = FlagPublisher(
@@ -67,6 +73,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         metrics.flag_streams.set_function(lambda: publisher.subscriber_count)
         app.state.ofrep = ofrep.OfrepEvaluator(publisher)
         app.state.kubernetes = kubernetes = rollouts.Kubernetes(chosen.kubeconfig)
+        app.state.andon_store = andon_store = AndonStore(engine)
+        cord_metrics = AndonCollector(andon_store)
+        metrics.registry.register(cord_metrics)
+        # Slack as far as it is configured: app.state.andon_announcer is Silent() without a bot token and channel.
+        app.state.slack = slack_connection = slack.SlackConnection(chosen, andon_store)
+        app.state.andon_announcer = slack_connection.announcer
         publisher.start()
         sync_server = None if chosen.sync_port is None else SyncServer(publisher, chosen.sync_host, chosen.sync_port)
         try:
@@ -78,6 +90,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 sync_server.stop()
             publisher.stop()
             kubernetes.close()
+            slack_connection.close()
+            metrics.registry.unregister(cord_metrics)
             engine.dispose()
 
     app = FastAPI(
@@ -90,11 +104,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = chosen
     app.state.metrics = ServiceMetrics()
     install_problem_handlers(app)
+    install_auth_handlers(app)
     app.include_router(cohorts.router)
     app.include_router(flags.router)
     app.include_router(flagd.router)
     app.include_router(ofrep.router)
+    app.include_router(slack.router)
     app.include_router(rollouts.router)
+    app.include_router(andon.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

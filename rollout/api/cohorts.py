@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -21,6 +21,7 @@ from cohorts.rotation import epoch_at
 from cohorts.spec import CohortSetSpec
 from cohorts.store import AuditRecord, CohortStore, StoredCohortSet
 from cohorts.usage import UsageBatch
+from rollout.api.auth import Admin, reader
 from rollout.api.problems import ApiProblem
 from rollout.api.versions import expected_version, versioned_response
 
@@ -28,14 +29,6 @@ router = APIRouter(prefix="/api/v1", tags=["cohorts"])
 
 TargetingKeyPath = Annotated[
     str, Path(alias="targetingKey", min_length=1, max_length=256, description="the user's targeting key")
-]
-ActorHeader = Annotated[
-    str,
-    Header(
-        alias="X-Ringmaster-Actor",
-        max_length=200,
-        description="who makes the change, kept in the audit log (authentication comes with the security work)",
-    ),
 ]
 
 
@@ -125,7 +118,7 @@ def _versioned(stored: StoredCohortSet, status_code: int = 200, location: str | 
     return versioned_response(_view(stored), stored.version, status_code, location)
 
 
-@router.get("/cohort-sets", response_model=CohortSetList, response_model_by_alias=True)
+@router.get("/cohort-sets", response_model=CohortSetList, response_model_by_alias=True, dependencies=[Depends(reader)])
 def list_cohort_sets(request: Request) -> CohortSetList:
     return CohortSetList(items=[_view(stored) for stored in _store(request).list_sets()])
 
@@ -135,14 +128,14 @@ def list_cohort_sets(request: Request) -> CohortSetList:
 def create_cohort_set(
     request: Request,
     spec: CohortSetSpec,
-    actor: ActorHeader = "anonymous",
+    principal: Admin,
     comment: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JSONResponse:
-    stored = _store(request).create_set(spec, actor, comment)
+    stored = _store(request).create_set(spec, principal.name, comment)
     return _versioned(stored, 201, f"/api/v1/cohort-sets/{stored.name}")
 
 
-@router.get("/cohort-sets/{name}", response_model=CohortSetView)
+@router.get("/cohort-sets/{name}", response_model=CohortSetView, dependencies=[Depends(reader)])
 def get_cohort_set(
     request: Request, name: str, version: Annotated[int | None, Query(ge=1)] = None
 ) -> JSONResponse:
@@ -155,7 +148,7 @@ def update_cohort_set(
     request: Request,
     name: str,
     spec: CohortSetSpec,
-    actor: ActorHeader = "anonymous",
+    principal: Admin,
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
     comment: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JSONResponse:
@@ -165,16 +158,17 @@ def update_cohort_set(
             f"name: the body names {spec.name!r} but the URL names {name!r}; make them the same",
             [{"in": "body", "field": "name", "message": f"must be {name!r}, as in the URL"}],
         )
-    stored = _store(request).update_set(spec, actor, comment, expected_version(if_match, "cohort set"))
+    stored = _store(request).update_set(spec, principal.name, comment, expected_version(if_match, "cohort set"))
     return _versioned(stored)
 
 
-@router.get("/cohort-sets/{name}/versions", response_model=CohortSetList)
+@router.get("/cohort-sets/{name}/versions", response_model=CohortSetList, dependencies=[Depends(reader)])
 def list_versions(request: Request, name: str) -> CohortSetList:
     return CohortSetList(items=[_view(stored) for stored in _store(request).list_versions(name)])
 
 
-@router.get("/cohort-sets/{name}/opt", response_model=OptList, response_model_by_alias=True)
+@router.get("/cohort-sets/{name}/opt", response_model=OptList, response_model_by_alias=True,
+            dependencies=[Depends(reader)])
 def list_opt_choices(request: Request, name: str) -> OptList:
     choices = _store(request).opt_choices(name)
     return OptList(
@@ -185,17 +179,17 @@ def list_opt_choices(request: Request, name: str) -> OptList:
 
 @router.put("/cohort-sets/{name}/opt/{targetingKey}", response_model=OptChoice)
 def set_opt_choice(
-    request: Request, name: str, targeting_key: TargetingKeyPath, choice: OptChoice, actor: ActorHeader = "anonymous"
+    request: Request, name: str, targeting_key: TargetingKeyPath, choice: OptChoice, principal: Admin
 ) -> OptChoice:
-    _store(request).set_opt(name, targeting_key, choice.choice, actor)
+    _store(request).set_opt(name, targeting_key, choice.choice, principal.name)
     return choice
 
 
 @router.delete("/cohort-sets/{name}/opt/{targetingKey}", status_code=204)
 def clear_opt_choice(
-    request: Request, name: str, targeting_key: TargetingKeyPath, actor: ActorHeader = "anonymous"
+    request: Request, name: str, targeting_key: TargetingKeyPath, principal: Admin
 ) -> Response:
-    if not _store(request).clear_opt(name, targeting_key, actor):
+    if not _store(request).clear_opt(name, targeting_key, principal.name):
         raise ApiProblem(404, "not-found", "No choice to clear",
                          f"{targeting_key!r} has not opted in or out of cohort set {name!r}")
     return Response(status_code=204)
@@ -205,9 +199,9 @@ def clear_opt_choice(
 def ingest_usage(
     request: Request,
     batch: Annotated[UsageBatch, Body(description="per-user aggregates; up to 10,000 rows, upserted")],
-    actor: ActorHeader = "anonymous",
+    principal: Admin,
 ) -> IngestResult:
-    return IngestResult(stored=_store(request).ingest_usage(batch, actor))
+    return IngestResult(stored=_store(request).ingest_usage(batch, principal.name))
 
 
 def _compiled(request: Request, name: str, version: int | None) -> CompiledCohortSet:
@@ -242,7 +236,8 @@ EpochQuery = Annotated[int | None, Query(ge=0, description="rotation epoch; defa
 VersionQuery = Annotated[int | None, Query(ge=1, description="cohort set version; defaults to the current one")]
 
 
-@router.get("/cohort-sets/{name}/explain", response_model=Explanation, response_model_by_alias=True)
+@router.get("/cohort-sets/{name}/explain", response_model=Explanation, response_model_by_alias=True,
+            dependencies=[Depends(reader)])
 def explain(
     request: Request,
     name: str,
@@ -273,7 +268,8 @@ def _estimate_view(estimate: ShareEstimate) -> Estimate:
     )
 
 
-@router.get("/cohort-sets/{name}/estimate", response_model=Estimate, response_model_by_alias=True)
+@router.get("/cohort-sets/{name}/estimate", response_model=Estimate, response_model_by_alias=True,
+            dependencies=[Depends(reader)])
 def estimate(
     request: Request,
     name: str,
@@ -292,7 +288,8 @@ def estimate(
 
 
 @router.get("/cohort-sets/{name}/flagd", responses={200: {"description": "a flagd flag-definition document"},
-                                                     304: {"description": "unchanged since If-None-Match"}})
+                                                     304: {"description": "unchanged since If-None-Match"}},
+            dependencies=[Depends(reader)])
 def flagd(
     request: Request,
     name: str,
@@ -308,7 +305,8 @@ def flagd(
     return JSONResponse(document, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
-@router.get("/audit", response_model=AuditList, response_model_by_alias=True, tags=["audit"])
+@router.get("/audit", response_model=AuditList, response_model_by_alias=True, tags=["audit"],
+            dependencies=[Depends(reader)])
 def audit_log(
     request: Request,
     subject: Annotated[str | None, Query(description="e.g. cohort-set/default or usage")] = None,

@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from rollout.api.cohorts import ActorHeader, VersionQuery
+from rollout.api.auth import Admin, reader
+from rollout.api.cohorts import VersionQuery
 from rollout.api.problems import ApiProblem
 from rollout.api.versions import expected_version, versioned_response
 from rollout.flags.publisher import FlagPublisher
@@ -64,41 +65,40 @@ def _versioned(stored: StoredFlag, status_code: int = 200, location: str | None 
     return versioned_response(_view(stored), stored.version, status_code, location)
 
 
-@router.get("/flags", response_model=FlagList, response_model_by_alias=True)
+@router.get("/flags", response_model=FlagList, response_model_by_alias=True, dependencies=[Depends(reader)])
 def list_flags(request: Request) -> FlagList:
     return FlagList(items=[_view(stored) for stored in _store(request).list_flags()])
 
 
 @router.post("/flags", status_code=status.HTTP_201_CREATED, response_model=FlagView,
              responses={409: {"description": "a flag with that key exists"}})
-def create_flag(request: Request, spec: FlagSpec, actor: ActorHeader = "anonymous",
-                comment: CommentQuery = None) -> JSONResponse:
-    stored = _store(request).create_flag(spec, actor, comment)
+def create_flag(request: Request, spec: FlagSpec, principal: Admin, comment: CommentQuery = None) -> JSONResponse:
+    stored = _store(request).create_flag(spec, principal.name, comment)
     _republish(request)
     return _versioned(stored, 201, f"/api/v1/flags/{stored.key}")
 
 
-@router.get("/flags/{key}", response_model=FlagView)
+@router.get("/flags/{key}", response_model=FlagView, dependencies=[Depends(reader)])
 def get_flag(request: Request, key: str, version: VersionQuery = None) -> JSONResponse:
     return _versioned(_store(request).get_flag(key, version))
 
 
 @router.put("/flags/{key}", response_model=FlagView,
             responses={412: {"description": "If-Match names a version that is no longer current"}})
-def update_flag(request: Request, key: str, spec: FlagSpec, actor: ActorHeader = "anonymous",
-                if_match: IfMatchHeader = None, comment: CommentQuery = None) -> JSONResponse:
+def update_flag(request: Request, key: str, spec: FlagSpec, principal: Admin, if_match: IfMatchHeader = None,
+                comment: CommentQuery = None) -> JSONResponse:
     if spec.key != key:
         raise ApiProblem(
             422, "invalid-request", "The request is not valid",
             f"key: the body names {spec.key!r} but the URL names {key!r}; make them the same",
             [{"in": "body", "field": "key", "message": f"must be {key!r}, as in the URL"}],
         )
-    stored = _store(request).update_flag(spec, actor, comment, expected_version(if_match, "flag"))
+    stored = _store(request).update_flag(spec, principal.name, comment, expected_version(if_match, "flag"))
     _republish(request)
     return _versioned(stored)
 
 
-@router.get("/flags/{key}/versions", response_model=FlagList)
+@router.get("/flags/{key}/versions", response_model=FlagList, dependencies=[Depends(reader)])
 def list_versions(request: Request, key: str) -> FlagList:
     return FlagList(items=[_view(stored) for stored in _store(request).list_versions(key)])
 
@@ -112,15 +112,15 @@ def _set_state(request: Request, key: str, state: FlagState, actor: str, if_matc
 
 @router.post("/flags/{key}/enable", response_model=FlagView,
              responses={412: {"description": "If-Match names a version that is no longer current"}})
-def enable_flag(request: Request, key: str, actor: ActorHeader = "anonymous", if_match: IfMatchHeader = None,
+def enable_flag(request: Request, key: str, principal: Admin, if_match: IfMatchHeader = None,
                 comment: CommentQuery = None) -> JSONResponse:
     """Serve the flag's variants again; a new version unless it is enabled already."""
-    return _set_state(request, key, "ENABLED", actor, if_match, comment)
+    return _set_state(request, key, "ENABLED", principal.name, if_match, comment)
 
 
 @router.post("/flags/{key}/disable", response_model=FlagView,
              responses={412: {"description": "If-Match names a version that is no longer current"}})
-def disable_flag(request: Request, key: str, actor: ActorHeader = "anonymous", if_match: IfMatchHeader = None,
+def disable_flag(request: Request, key: str, principal: Admin, if_match: IfMatchHeader = None,
                  comment: CommentQuery = None) -> JSONResponse:
     """Turn the flag off: every evaluator answers DISABLED and apps use their code default."""
-    return _set_state(request, key, "DISABLED", actor, if_match, comment)
+    return _set_state(request, key, "DISABLED", principal.name, if_match, comment)

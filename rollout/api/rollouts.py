@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import urllib3
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from rollout.api.cohorts import ActorHeader
+from rollout.api.auth import Admin, reader
 from rollout.api.problems import ApiProblem
 from rollout.controller.history import GateResultEntry, GateResults, HistoryEntry, RolloutHistory
 from rollout.controller.observed import REQUEST_ANNOTATION
@@ -318,7 +318,8 @@ def _record_event(api_client: client.ApiClient, rollout: Mapping[str, Any], acti
         log.warning("%s/%s: event %s not recorded: %s", metadata["namespace"], metadata["name"], message, error)
 
 
-@router.get("/rollouts", response_model=RolloutList, responses={503: {"description": "no Kubernetes to ask"}})
+@router.get("/rollouts", response_model=RolloutList, responses={503: {"description": "no Kubernetes to ask"}},
+            dependencies=[Depends(reader)])
 def list_rollouts(request: Request, namespace: NamespaceQuery = None) -> RolloutList:
     """Every Rollout (of one namespace), with its phase, ring and ready replicas."""
     api_client = _api_client(request)
@@ -335,7 +336,8 @@ def list_rollouts(request: Request, namespace: NamespaceQuery = None) -> Rollout
 
 
 @router.get("/rollouts/{namespace}/{name}", response_model=RolloutDetail,
-            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}})
+            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}},
+            dependencies=[Depends(reader)])
 def get_rollout(request: Request, namespace: str, name: str) -> RolloutDetail:
     """One Rollout: the summary, its spec and status, and its transitions kept in the database."""
     found = _read(_api_client(request), namespace, name)
@@ -351,7 +353,8 @@ def get_rollout(request: Request, namespace: str, name: str) -> RolloutDetail:
 
 
 @router.get("/rollouts/{namespace}/{name}/gates", response_model=RolloutGates,
-            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}})
+            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}},
+            dependencies=[Depends(reader)])
 def get_rollout_gates(request: Request, namespace: str, name: str, limit: MeasurementLimitQuery = 500) -> RolloutGates:
     """A Rollout's gates: where each gate of the ring being baked stands, and their measurements kept in the
     database."""
@@ -368,8 +371,8 @@ def get_rollout_gates(request: Request, namespace: str, name: str, limit: Measur
              responses={404: {"description": "no such Rollout"},
                         409: {"description": "the action cannot apply to the rollout's current status"},
                         503: {"description": "no Kubernetes to ask"}})
-def act_on_rollout(request: Request, namespace: str, name: str, action: Action, body: ActionBody | None = None,
-                   actor: ActorHeader = "anonymous") -> ActionAccepted:
+def act_on_rollout(request: Request, namespace: str, name: str, action: Action, principal: Admin,
+                   body: ActionBody | None = None) -> ActionAccepted:
     """Pause (spec.paused: true), resume (spec.paused: false and a `resume` request), or request a promote,
     abort or retry (the ringmaster.dev/request annotation); the controller acts on it at its next reconcile."""
     api_client = _api_client(request)
@@ -384,5 +387,5 @@ def act_on_rollout(request: Request, namespace: str, name: str, action: Action, 
         patched: dict[str, Any] = client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, rollout_patch(action, request_value),
             _request_timeout=REQUEST_TIMEOUT_S)
-    _record_event(api_client, patched, action, actor, body.reason if body else None)
+    _record_event(api_client, patched, action, principal.name, body.reason if body else None)
     return ActionAccepted(**_summary_fields(patched, datetime.now(UTC)), action=action, request=request_value)
