@@ -47,6 +47,7 @@ bench: venv
 	$(BIN)/python -m bench.provider
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.gates
+	$(BIN)/python -m bench.andon
 
 clean:
 	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis
