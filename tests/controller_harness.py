@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class Sample:
     ready: Mapping[str, int]
 
 
-class Sampler:
+class Sampler(ABC):
     """Calls `read()` every `interval_s` on a thread of its own until stopped, keeping (time, reading);
     a reading of None (the read failed) is skipped."""
 
@@ -98,8 +99,9 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @abstractmethod
     def read(self) -> Any:
-        raise NotImplementedError
+        """One reading; None when there is nothing to keep this time."""
 
     def __enter__(self) -> Self:
         self._thread.start()
