@@ -13,7 +13,7 @@ import logging
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from rollout.andon.announce import Announcer
 from rollout.andon.scope import MAX_REASON, MIN_REASON, Scope
 from rollout.andon.store import AlreadyReleased, AndonEvent, AndonStore, Pull, PullNotFound, SamePerson, Via
-from rollout.api.auth import Principal, reader, require
+from rollout.api.auth import Puller, Reader, Releaser
 from rollout.api.problems import ApiProblem
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ def _unavailable(error: SQLAlchemyError) -> ApiProblem:
 
 @router.post("/pull", status_code=201, response_model=PullView, response_model_by_alias=True,
              summary="Pull the andon cord: halt every rollout in scope")
-def pull(request: Request, body: PullBody,
-         principal: Annotated[Principal, Depends(require("puller"))]) -> PullView:
+def pull(request: Request, body: PullBody, principal: Puller) -> PullView:
     try:
         pulled = _store(request).pull(body.scope, body.reason, principal.name, _via(request))
     except SQLAlchemyError as error:
@@ -130,9 +129,8 @@ def pull(request: Request, body: PullBody,
 
 @router.post("/release", response_model=PullView, response_model_by_alias=True,
              summary="Release a pull: the rollouts it halted go on where they stopped")
-def release(request: Request, body: ReleaseBody,
-            principal: Annotated[Principal, Depends(require("releaser"))]) -> PullView:
-    by_other = bool(getattr(request.app.state.settings, "andon_release_by_other", False))
+def release(request: Request, body: ReleaseBody, principal: Releaser) -> PullView:
+    by_other: bool = request.app.state.settings.andon_release_by_other
     try:
         released = _store(request).release(body.id, body.reason, principal.name, _via(request),
                                             release_by_other=by_other)
@@ -150,7 +148,7 @@ def release(request: Request, body: ReleaseBody,
 
 
 @router.get("", response_model=CordView, response_model_by_alias=True, summary="The active pulls")
-def cord(request: Request, _: Annotated[Principal, Depends(reader)]) -> CordView:
+def cord(request: Request, _: Reader) -> CordView:
     try:
         active = _store(request).active()
     except SQLAlchemyError as error:
@@ -160,7 +158,7 @@ def cord(request: Request, _: Annotated[Principal, Depends(reader)]) -> CordView
 
 @router.get("/history", response_model=HistoryView, response_model_by_alias=True,
             summary="Every pull and release, newest first (the record is append-only)")
-def history(request: Request, _: Annotated[Principal, Depends(reader)],
+def history(request: Request, _: Reader,
             limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> HistoryView:
     try:
         events = _store(request).history(limit)
