@@ -52,7 +52,9 @@ BURN_RATE = {"burnRate": {"objective": 99, "errors": ERRORS, "total": REQUESTS,
 VERSUS_BASELINE = {"name": "errors-vs-baseline",
                    "comparison": {"test": "twoProportion", "errors": ERRORS, "total": REQUESTS, "maxRatio": 2,
                                   "maxDifference": 0.02},
-                   "minSamples": 40, "minWindow": "4s", "interval": "2s"}
+                   # 200 requests a side: with fewer, one error more or less (counters count whole errors)
+                   # moves a 1 % ratio by more than 2 points, and a healthy canary looks harmful.
+                   "minSamples": 200, "minWindow": "4s", "interval": "2s"}
 
 
 def traffic(spec: dict[str, Any], error_ratio: str) -> dict[str, Any]:
