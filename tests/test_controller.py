@@ -113,6 +113,9 @@ def test_a_rollout_goes_through_every_ring_with_capacity_never_below_target(runn
     assert running.flag_on_rings("web-v2") == set(CANARY_RINGS)
     # The pinned sizes: default cohort set, configured shares, 3 replicas.
     assert status["pin"]["replicas"][-1] == REPLICAS and status["pin"]["targetReplicas"] == REPLICAS
+    # The status is written first, the history row with the actions after it.
+    wait_for("the last transition in the history", lambda: RolloutHistory(running.engine).entries(
+        running.namespace, "web")[-1].reason == "RolloutSucceeded", 10)
     reasons = [entry.reason for entry in RolloutHistory(running.engine).entries(running.namespace, "web")]
     assert reasons[0] == "RolloutStarted" and reasons[-1] == "RolloutSucceeded"
     events = client.CoreV1Api(running.api_client).list_namespaced_event(running.namespace).items

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from rollout.localcluster.cluster import LocalCluster
-from tests.controller_harness import CapacitySampler, wait_ready
+from tests.controller_harness import CapacitySampler, wait_for, wait_ready
 from tests.test_gates_e2e import FlagWatch, controller
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -39,6 +39,8 @@ def test_the_example_release_passes_its_gates_and_succeeds(
     assert status["phase"] == "Succeeded", status.get("message")
     never_below(sampler, 3)
     assert gated.flag_on_rings("web-v2") == {"canary", "early-adopter", "stable", "laggard"}
+    # Measurements are recorded with the actions, after the status that ends the rollout.
+    wait_for("the last measurement recorded", lambda: ("laggard", "error-budget", "Passed") in gated.verdicts(), 10)
     passed = {(ring, gate) for ring, gate, verdict in gated.verdicts() if verdict == "Passed"}
     assert {("canary", "errors-vs-baseline"), ("early-adopter", "errors-vs-baseline"),
             ("laggard", "error-budget")} <= passed

@@ -160,6 +160,8 @@ def test_a_healthy_version_passes_its_gates_in_all_four_rings(
     assert status["phase"] == "Succeeded", status.get("message")
     assert_capacity_held(sampler)
     assert gated.flag_on_rings("web-v2") == {"canary", "early-adopter", "stable", "laggard"}
+    # Measurements are recorded with the actions, after the status that ends the rollout.
+    wait_for("the last measurement recorded", lambda: ("laggard", "error-budget", "Passed") in gated.verdicts(), 10)
     passed = {(ring, gate) for ring, gate, verdict in gated.verdicts() if verdict == "Passed"}
     assert passed == {("canary", "errors-vs-baseline"), ("canary", "error-budget"), ("early-adopter", "error-budget"),
                       ("stable", "error-budget"), ("laggard", "error-budget")}
