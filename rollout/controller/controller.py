@@ -122,10 +122,6 @@ class Controller:
                 self._named_by[key] = named
             else:
                 self._named_by.pop(key, None)
-        # The echo of our own status write changes nothing the reconcile that wrote it did not see (it
-        # asked for its own requeue); reconciling it again would double the work of every transition.
-        if event == "MODIFIED" and self.reconciler.wrote(key, metadata.get("resourceVersion", "")):
-            return
         self.queue.add(key)
 
     def _on_statefulset(self, _event: str, obj: Mapping[str, Any]) -> None:

@@ -125,13 +125,6 @@ class Reconciler:
             self.stats.sample(plan_s, time.perf_counter() - started_s)
         return decided.requeue_after_s
 
-    def wrote(self, key: str, resource_version: str) -> bool:
-        """Whether the Rollout at `resource_version` is exactly what this controller's last status write
-        made: the watch's echo of that write, which the reconcile that wrote it has already acted on."""
-        with self._written_lock:
-            written = self._written.get(key)
-        return written is not None and written[1].get("metadata", {}).get("resourceVersion") == resource_version
-
     def _current(self, key: str, cached: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         with self._written_lock:
             written = self._written.get(key)
