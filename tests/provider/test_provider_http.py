@@ -137,8 +137,9 @@ def test_a_cached_document_still_current_is_confirmed_with_a_304(service: FlagSe
     service.requests.clear()
     with app_using(provider_for(service, tmp_path)) as app:
         assert app.client.get_string_value("greeting", "?") == "hello"
-    first = service.requests[0]
-    assert (first.path, first.if_none_match, first.status) == ("/flagd/v1/flags.json", service.etag, 304)
+    # The first provider's stream request may reach the service after it has closed; only fetches count.
+    fetches = [(request.if_none_match, request.status) for request in service.requests if request.path == "/flagd/v1/flags.json"]
+    assert fetches and set(fetches) == {(service.etag, 304)}
 
 
 def test_with_neither_service_nor_cache_initialisation_fails_and_the_flags_arrive_when_the_service_does(
