@@ -138,7 +138,8 @@ def test_a_cached_document_still_current_is_confirmed_with_a_304(service: FlagSe
     with app_using(provider_for(service, tmp_path)) as app:
         assert app.client.get_string_value("greeting", "?") == "hello"
     # The first provider's stream request may reach the service after it has closed; only fetches count.
-    fetches = [(request.if_none_match, request.status) for request in service.requests if request.path == "/flagd/v1/flags.json"]
+    fetches = [(request.if_none_match, request.status) for request in service.requests
+               if request.path == "/flagd/v1/flags.json"]
     assert fetches and set(fetches) == {(service.etag, 304)}
 
 
