@@ -20,12 +20,13 @@ venv: $(INSTALLED)
 # Debian's Prometheus, which scrapes the simulated application.
 control-plane:
 	scripts/build-kube
-	scripts/ensure-debian-packages etcd-server openssl
+	scripts/ensure-debian-packages etcd-server openssl chromium
 	command -v kubectl >/dev/null || scripts/ensure-debian-packages kubernetes-client
 	scripts/ensure-prometheus
 
-demo: venv control-plane
-	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo
+# `ringmaster demo` builds the control plane itself on first use, behind a progress bar.
+demo: venv
+	$(BIN)/ringmaster demo
 
 test: venv control-plane lint typecheck unit
 

@@ -26,6 +26,8 @@ from rollout.api.problems import ApiProblem
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/andon", tags=["andon"])
+# Which client made a change, for the record only (like the CLI's User-Agent): the dashboard's script sets it.
+VIA_HEADER = "Ringmaster-Via"
 
 
 class _View(BaseModel):
@@ -104,7 +106,25 @@ def _announcer(request: Request) -> Announcer:
 
 
 def _via(request: Request) -> Via:
+    if request.headers.get(VIA_HEADER) == "dashboard":
+        return "dashboard"
     return "cli" if request.headers.get("user-agent", "").startswith("ringmaster-cli") else "api"
+
+
+def active_pulls(request: Request) -> list[Pull]:
+    """The pulls not released yet, oldest first; 503 when the database does not answer."""
+    try:
+        return _store(request).active()
+    except SQLAlchemyError as error:
+        raise _unavailable(error) from error
+
+
+def recorded_events(request: Request, limit: int) -> list[AndonEvent]:
+    """The latest `limit` pulls and releases, newest first; 503 when the database does not answer."""
+    try:
+        return _store(request).history(limit)
+    except SQLAlchemyError as error:
+        raise _unavailable(error) from error
 
 
 def _unavailable(error: SQLAlchemyError) -> ApiProblem:
@@ -149,10 +169,7 @@ def release(request: Request, body: ReleaseBody, principal: Releaser) -> PullVie
 
 @router.get("", response_model=CordView, response_model_by_alias=True, summary="The active pulls")
 def cord(request: Request, _: Reader) -> CordView:
-    try:
-        active = _store(request).active()
-    except SQLAlchemyError as error:
-        raise _unavailable(error) from error
+    active = active_pulls(request)
     return CordView(pulled=bool(active), active=[pull_view(item) for item in active])
 
 
@@ -160,8 +177,4 @@ def cord(request: Request, _: Reader) -> CordView:
             summary="Every pull and release, newest first (the record is append-only)")
 def history(request: Request, _: Reader,
             limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> HistoryView:
-    try:
-        events = _store(request).history(limit)
-    except SQLAlchemyError as error:
-        raise _unavailable(error) from error
-    return HistoryView(items=[event_view(event) for event in events])
+    return HistoryView(items=[event_view(event) for event in recorded_events(request, limit)])

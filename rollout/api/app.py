@@ -17,7 +17,7 @@ from cohorts.db import current_revision, head_revision, make_engine
 from cohorts.store import CohortStore
 from rollout.andon.metrics import AndonCollector
 from rollout.andon.store import AndonStore
-from rollout.api import andon, cohorts, flagd, flags, ofrep, rollouts
+from rollout.api import andon, cohorts, dashboard, flagd, flags, ofrep, rollouts
 from rollout.api.auth import install_auth_handlers
 from rollout.api.problems import install_problem_handlers, problem
 from rollout.api.sync import SyncServer
@@ -112,6 +112,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(slack.router)
     app.include_router(rollouts.router)
     app.include_router(andon.router)
+    app.include_router(dashboard.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

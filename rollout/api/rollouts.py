@@ -27,7 +27,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from sqlalchemy.exc import SQLAlchemyError
 
+from cohorts.errors import CohortError
+from cohorts.store import CohortStore
 from rollout.api.auth import Admin, reader
 from rollout.api.problems import ApiProblem
 from rollout.controller.history import GateResultEntry, GateResults, HistoryEntry, RolloutHistory
@@ -89,6 +92,9 @@ class RolloutSummary(_View):
     phase: Phase | None = Field(description="None until the controller has recorded a status")
     track: Track | None
     current_ring: str | None
+    rings: list[str] = Field(description="the rollout's rings in order: spec.rings, else every ring of its cohort "
+                                         "set (the version it pinned)")
+    step: str | None = Field(description="status.step: what the rollout is doing, e.g. Baking or AwaitingEvidence")
     revision: str | None
     old_ready: int
     new_ready: int
@@ -213,7 +219,33 @@ def _timestamp(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
-def _summary_fields(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+class CohortRings:
+    """The rings of cohort sets, each read once per request: a Rollout that lists no rings goes through every
+    ring of its cohort set."""
+
+    def __init__(self, store: CohortStore) -> None:
+        self._store = store
+        self._rings: dict[tuple[str, int | None], list[str]] = {}
+
+    def __call__(self, name: str, version: int | None) -> list[str]:
+        if (name, version) not in self._rings:
+            try:
+                self._rings[name, version] = list(self._store.get_set(name, version).spec.rings)
+            except (CohortError, SQLAlchemyError):
+                self._rings[name, version] = []  # shown, not acted on: a set that cannot be read shows no rings
+        return self._rings[name, version]
+
+
+def _ring_names(spec: Mapping[str, Any], status: RolloutStatus, cohort_rings: CohortRings | None) -> list[str]:
+    listed = [str(ring["name"]) for ring in spec.get("rings") or [] if isinstance(ring, dict) and ring.get("name")]
+    if listed or cohort_rings is None:
+        return listed
+    if status.pin is not None:
+        return cohort_rings(status.pin.cohort_set, status.pin.version)
+    return cohort_rings(str(spec.get("cohortSet") or "default"), None)
+
+
+def _summary_fields(obj: Mapping[str, Any], now: datetime, cohort_rings: CohortRings | None = None) -> dict[str, Any]:
     metadata = obj.get("metadata") or {}
     raw_status = obj.get("status") or {}
     status = parse_status(raw_status)
@@ -224,6 +256,8 @@ def _summary_fields(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "phase": status.phase if raw_status else None,
         "track": status.track if raw_status else None,
         "current_ring": status.current_ring,
+        "rings": _ring_names(obj.get("spec") or {}, status, cohort_rings),
+        "step": status.step,
         "revision": status.revision,
         "old_ready": status.old_ready,
         "new_ready": status.new_ready,
@@ -290,6 +324,26 @@ def _unreachable(host: str, cause: object) -> ApiProblem:
                       "and that the kubeconfig `ringmaster serve` uses points at it")
 
 
+def rollout_objects(request: Request, namespace: str | None = None) -> list[dict[str, Any]]:
+    """Every Rollout object (of one namespace) as the API server holds it, sorted by namespace and name;
+    ApiProblem when Kubernetes is not configured, unreachable or without the CRD."""
+    api_client = _api_client(request)
+    rollouts = client.CustomObjectsApi(api_client)
+    with _answering(api_client):
+        if namespace:
+            listed = rollouts.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                            _request_timeout=REQUEST_TIMEOUT_S)
+        else:
+            listed = rollouts.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=REQUEST_TIMEOUT_S)
+    items: list[dict[str, Any]] = listed.get("items", [])
+    return sorted(items, key=lambda obj: ((obj.get("metadata") or {}).get("namespace", ""),
+                                          (obj.get("metadata") or {}).get("name", "")))
+
+
+def summary(obj: Mapping[str, Any], now: datetime, cohort_rings: CohortRings | None = None) -> RolloutSummary:
+    return RolloutSummary(**_summary_fields(obj, now, cohort_rings))
+
+
 def _read(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     with _answering(api_client, f"{namespace}/{name}"):
         found: dict[str, Any] = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
@@ -322,17 +376,9 @@ def _record_event(api_client: client.ApiClient, rollout: Mapping[str, Any], acti
             dependencies=[Depends(reader)])
 def list_rollouts(request: Request, namespace: NamespaceQuery = None) -> RolloutList:
     """Every Rollout (of one namespace), with its phase, ring and ready replicas."""
-    api_client = _api_client(request)
-    rollouts = client.CustomObjectsApi(api_client)
-    with _answering(api_client):
-        if namespace:
-            listed = rollouts.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                            _request_timeout=REQUEST_TIMEOUT_S)
-        else:
-            listed = rollouts.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=REQUEST_TIMEOUT_S)
     now = datetime.now(UTC)
-    items = [RolloutSummary(**_summary_fields(obj, now)) for obj in listed.get("items", [])]
-    return RolloutList(items=sorted(items, key=lambda item: (item.namespace, item.name)))
+    cohort_rings = CohortRings(request.app.state.store)
+    return RolloutList(items=[summary(obj, now, cohort_rings) for obj in rollout_objects(request, namespace)])
 
 
 @router.get("/rollouts/{namespace}/{name}", response_model=RolloutDetail,
@@ -344,7 +390,7 @@ def get_rollout(request: Request, namespace: str, name: str) -> RolloutDetail:
     metadata = found.get("metadata") or {}
     history = RolloutHistory(request.app.state.engine).entries(namespace, name)
     return RolloutDetail(
-        **_summary_fields(found, datetime.now(UTC)), uid=metadata.get("uid", ""),
+        **_summary_fields(found, datetime.now(UTC), CohortRings(request.app.state.store)), uid=metadata.get("uid", ""),
         generation=int(metadata.get("generation", 0)),
         pending_request=(metadata.get("annotations") or {}).get(REQUEST_ANNOTATION),
         spec=found.get("spec") or {}, status=found.get("status") or {},

@@ -55,6 +55,11 @@ class HistoryEntry:
     message: str
 
 
+def _history_entry(row: RolloutHistoryRow) -> HistoryEntry:
+    return HistoryEntry(row.at, row.namespace, row.name, row.rollout_uid, row.sequence, row.reason, row.type,
+                        row.revision, row.ring, row.message)
+
+
 class RolloutHistory:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -79,11 +84,14 @@ class RolloutHistory:
                  .order_by(RolloutHistoryRow.id.desc()).limit(limit))
         with read_session(self.engine) as session:
             rows = list(session.scalars(query))
-        return [
-            HistoryEntry(row.at, row.namespace, row.name, row.rollout_uid, row.sequence, row.reason, row.type,
-                         row.revision, row.ring, row.message)
-            for row in reversed(rows)
-        ]
+        return [_history_entry(row) for row in reversed(rows)]
+
+    def recent(self, limit: int = 50) -> list[HistoryEntry]:
+        """The latest transitions of every Rollout, newest first (the dashboard's record)."""
+        query = select(RolloutHistoryRow).order_by(RolloutHistoryRow.id.desc()).limit(limit)
+        with read_session(self.engine) as session:
+            rows = list(session.scalars(query))
+        return [_history_entry(row) for row in rows]
 
 
 class GateResultRow(Base):
