@@ -15,11 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import uvicorn
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
@@ -27,6 +30,18 @@ from rich.table import Column, Table
 from cohorts.db import current_revision, database_url, downgrade, head_revision, make_engine, upgrade
 from rollout.api.sync import DEFAULT_SYNC_PORT
 from rollout.auth.tokens import CACHE_SECONDS, ROLE_DUTIES, AuthError, TokenStore
+from rollout.board import (
+    GATE_PHASE_STYLES,
+    PHASE_STYLES,
+    VERDICT_STYLES,
+    BoardSnapshot,
+    rollout_detail,
+    rollout_table,
+    settled,
+    values_text,
+    watch,
+    when,
+)
 from rollout.client import TOKEN_ENV, ClientError, RingmasterClient
 from rollout.controller.observed import REQUEST_ANNOTATION
 from rollout.settings import ServiceSettings, SettingsError
@@ -60,7 +75,16 @@ errors = Console(stderr=True)
 ServerOption = Annotated[str | None, typer.Option("--server", help="API address; default $RINGMASTER_SERVER "
                                                                   "or http://127.0.0.1:8080")]
 SetOption = Annotated[str, typer.Option("--set", "-s", help="cohort set name")]
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+class Output(StrEnum):
+    json = "json"
+    yaml = "yaml"
+
+
+OutputOption = Annotated[Output | None, typer.Option(
+    "--output", "-o", help="print the data as json or yaml (the same structure) instead of the human view")]
+JsonOption = Annotated[bool, typer.Option("--json", hidden=True, help="the same as -o json")]
 USAGE_BATCH_ROWS = 10_000
 
 
@@ -115,6 +139,22 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+def emit_data(value: Any, output: Output) -> None:
+    if output is Output.yaml:
+        sys.stdout.write(yaml.safe_dump(value, sort_keys=False, allow_unicode=True))
+    else:
+        emit_json(value)
+
+
+def printed_as_data(value: Any, output: Output | None, as_json: bool) -> bool:
+    """Print `value` as JSON or YAML when -o (or the older --json) asks for it; whether it did."""
+    chosen = Output.json if as_json and output is None else output
+    if chosen is None:
+        return False
+    emit_data(value, chosen)
+    return True
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -135,7 +175,8 @@ def serve(
 @app.command("controller")
 def controller(
     kubeconfig: Annotated[Path | None, typer.Option(
-        envvar="KUBECONFIG", help="kubeconfig to use; default: in-cluster, else the local control plane's")] = None,
+        envvar=["RINGMASTER_KUBECONFIG", "KUBECONFIG"],
+        help="kubeconfig to use; default: in-cluster, else the local control plane's")] = None,
     namespace: Annotated[str | None, typer.Option(help="watch one namespace; default every namespace")] = None,
     identity: Annotated[str | None, typer.Option(help="this replica's name in the Lease; default host-pid")] = None,
     lease_namespace: Annotated[str, typer.Option(envvar="RINGMASTER_LEASE_NAMESPACE")] = "default",
@@ -148,6 +189,9 @@ def controller(
     prometheus_url: Annotated[str | None, typer.Option(
         envvar="RINGMASTER_PROMETHEUS_URL",
         help="the Prometheus gates query; default the local control plane's, when it runs one")] = None,
+    metrics_address: Annotated[str, typer.Option(
+        envvar="RINGMASTER_CONTROLLER_METRICS_ADDRESS",
+        help="HOST:PORT serving /metrics, /healthz and /readyz; '' or off serves none")] = "127.0.0.1:8090",
 ) -> None:
     """Reconcile Rollouts: rings, make-before-break StatefulSets, flags, gates. One leader among replicas (a Lease)."""
     import logging
@@ -169,7 +213,7 @@ def controller(
     settings = ControllerSettings(
         namespace=namespace, identity=identity or default_identity(), lease_namespace=lease_namespace,
         lease_name=lease_name, lease_duration_s=lease_duration, renew_deadline_s=renew_deadline,
-        retry_period_s=retry_period, workers=workers, prometheus_url=prometheus_url,
+        retry_period_s=retry_period, workers=workers, prometheus_url=prometheus_url, metrics_address=metrics_address,
     )
     try:
         with kube_api_client(kubeconfig) as api_client:
@@ -177,7 +221,7 @@ def controller(
                 install(api_client)
             try:
                 running = Controller(api_client, engine, settings)
-            except ValueError as error:  # a Prometheus URL that is no URL
+            except ValueError as error:  # a Prometheus URL that is no URL, a metrics address unusable or in use
                 raise fail(str(error)) from error
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: running.stop())
@@ -220,13 +264,16 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, 
 
 
 @db_app.command("current")
-def db_current() -> None:
+def db_current(output: OutputOption = None, as_json: JsonOption = False) -> None:
     """Show the database's schema revision beside the one this build needs."""
     engine = make_engine(database_url())
     try:
-        console.print(f"current: {current_revision(engine)}  head: {head_revision()}")
+        current = current_revision(engine)
     finally:
         engine.dispose()
+    head = head_revision()
+    if not printed_as_data({"current": current, "head": head, "upToDate": current == head}, output, as_json):
+        console.print(f"current: {current}  head: {head}")
 
 
 @contextmanager
@@ -265,19 +312,19 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(as_json: JsonOption = False) -> None:
+def token_list(output: OutputOption = None, as_json: JsonOption = False) -> None:
     """List tokens: name, role, who created it and when, whether revoked (never the token)."""
     with token_store() as tokens:
         listed = tokens.list()
-    if as_json:
-        emit_json([{"name": item.name, "role": item.role, "createdAt": item.created_at.isoformat(),
-                    "createdBy": item.created_by,
-                    "revokedAt": item.revoked_at.isoformat() if item.revoked_at else None} for item in listed])
+    if printed_as_data([{"name": item.name, "role": item.role, "createdAt": item.created_at.isoformat(),
+                         "createdBy": item.created_by,
+                         "revokedAt": item.revoked_at.isoformat() if item.revoked_at else None} for item in listed],
+                       output, as_json):
         return
     table = Table("NAME", "ROLE", "CREATED", "BY", "REVOKED", box=None)
     for item in listed:
-        table.add_row(escape(item.name), item.role, _when(item.created_at.isoformat()), escape(item.created_by),
-                      _when(item.revoked_at.isoformat()) if item.revoked_at else "-")
+        table.add_row(escape(item.name), item.role, when(item.created_at.isoformat()), escape(item.created_by),
+                      when(item.revoked_at.isoformat()) if item.revoked_at else "-")
     console.print(table if listed else "no tokens; `ringmaster token create --name NAME --role ROLE` makes one",
                   highlight=False)
 
@@ -291,18 +338,17 @@ def token_revoke(
     """Revoke a token: `ringmaster serve` refuses it within seconds (it trusts a verified token that long)."""
     with token_store() as tokens:
         revoked = tokens.revoke(name, by or _cli_user())
-    since = _when(revoked.revoked_at.isoformat() if revoked.revoked_at else None)
+    since = when(revoked.revoked_at.isoformat() if revoked.revoked_at else None)
     console.print(f"token {name!r} ({revoked.role}) is revoked since {since} UTC; the API refuses it within "
                   f"{CACHE_SECONDS:g} s", highlight=False, soft_wrap=True)
 
 
 @cohort_app.command("list")
-def cohort_list(server: ServerOption = None, as_json: JsonOption = False) -> None:
+def cohort_list(server: ServerOption = None, output: OutputOption = None, as_json: JsonOption = False) -> None:
     """List cohort sets with their current version."""
     with client(server) as api:
         items = api.list_sets()
-    if as_json:
-        emit_json(items)
+    if printed_as_data(items, output, as_json):
         return
     table = Table("name", "version", "rings", "changed", "by")
     for item in items:
@@ -313,10 +359,10 @@ def cohort_list(server: ServerOption = None, as_json: JsonOption = False) -> Non
 
 @cohort_app.command("get")
 def cohort_get(name: str, version: Annotated[int | None, typer.Option(help="an older version")] = None,
-               server: ServerOption = None) -> None:
-    """Print a cohort set (its spec and version) as JSON."""
+               server: ServerOption = None, output: OutputOption = None) -> None:
+    """Print a cohort set (its spec and version) as JSON, or YAML with -o yaml."""
     with client(server) as api:
-        emit_json(api.get_set(name, version))
+        emit_data(api.get_set(name, version), output or Output.json)
 
 
 @cohort_app.command("apply")
@@ -342,14 +388,14 @@ def cohort_explain(
     cohort_set: SetOption = "default",
     epoch: Annotated[int | None, typer.Option(help="rotation epoch (default: current)")] = None,
     server: ServerOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show which ring a user is in and which rule put them there."""
     attributes = parse_attributes(attr or [])
     with client(server) as api:
         explanation = api.explain(cohort_set, key, attributes, epoch)
-    if as_json:
-        emit_json(explanation)
+    if printed_as_data(explanation, output, as_json):
         return
     console.print(f"[bold]{key}[/bold] → [bold cyan]{explanation['ring']}[/bold cyan]  ({explanation['reason']})",
                   highlight=False, soft_wrap=True)
@@ -360,13 +406,13 @@ def cohort_estimate(
     cohort_set: SetOption = "default",
     key: Annotated[list[str] | None, typer.Option("--key", help="estimate over these keys instead")] = None,
     server: ServerOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Each ring's share of the stored usage population (what the controller sizes capacity from)."""
     with client(server) as api:
         estimate = api.estimate(cohort_set, key)
-    if as_json:
-        emit_json(estimate)
+    if printed_as_data(estimate, output, as_json):
         return
     table = Table("ring", "users", "share", "cumulative",
                   title=f"{cohort_set} v{estimate['version']}, epoch {estimate['epoch']}, "
@@ -379,10 +425,10 @@ def cohort_estimate(
 @cohort_app.command("flagd")
 def cohort_flagd(cohort_set: SetOption = "default",
                  epoch: Annotated[int | None, typer.Option(help="rotation epoch (default: current)")] = None,
-                 server: ServerOption = None) -> None:
-    """Print the cohort set compiled to a flagd flag-definition document."""
+                 server: ServerOption = None, output: OutputOption = None) -> None:
+    """Print the cohort set compiled to a flagd flag-definition document (JSON, or YAML with -o yaml)."""
     with client(server) as api:
-        emit_json(api.flagd(cohort_set, epoch))
+        emit_data(api.flagd(cohort_set, epoch), output or Output.json)
 
 
 @cohort_app.command("opt-in")
@@ -414,13 +460,13 @@ def cohort_audit(
     subject: Annotated[str | None, typer.Option(help="e.g. cohort-set/default")] = None,
     limit: int = 20,
     server: ServerOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show the newest audit records: who changed what, and when."""
     with client(server) as api:
         records = api.audit(subject, limit)
-    if as_json:
-        emit_json(records)
+    if printed_as_data(records, output, as_json):
         return
     table = Table("at", "actor", "action", "subject")
     for record in records:
@@ -560,12 +606,11 @@ def _targeting_summary(spec: dict[str, Any]) -> str:
 
 
 @flag_app.command("list")
-def flag_list(server: ServerOption = None, as_json: JsonOption = False) -> None:
+def flag_list(server: ServerOption = None, output: OutputOption = None, as_json: JsonOption = False) -> None:
     """List flags at their current version."""
     with client(server) as api:
         items = api.list_flags()
-    if as_json:
-        emit_json(items)
+    if printed_as_data(items, output, as_json):
         return
     table = Table("key", "type", "state", "default", "targeting", "flag set", "version")
     for item in items:
@@ -577,10 +622,10 @@ def flag_list(server: ServerOption = None, as_json: JsonOption = False) -> None:
 
 @flag_app.command("get")
 def flag_get(key: KeyArgument, version: Annotated[int | None, typer.Option(help="an older version")] = None,
-             server: ServerOption = None) -> None:
-    """Print a flag (its spec and version) as JSON."""
+             server: ServerOption = None, output: OutputOption = None) -> None:
+    """Print a flag (its spec and version) as JSON, or YAML with -o yaml."""
     with client(server) as api:
-        emit_json(api.get_flag(key, version))
+        emit_data(api.get_flag(key, version), output or Output.json)
 
 
 @flag_app.command("set")
@@ -645,12 +690,10 @@ def flag_disable(key: KeyArgument, comment: CommentOption = None, server: Server
 
 RolloutArgument = Annotated[str, typer.Argument(metavar="NAMESPACE/NAME", help="the Rollout, e.g. default/web")]
 ReasonOption = Annotated[str | None, typer.Option(help="why (at most 500 characters), kept in an Event on the Rollout")]
-PHASE_STYLES = {"Pending": "blue", "Progressing": "cyan", "Paused": "yellow", "Halted": "bold red",
-                "Succeeded": "green", "RollingBack": "magenta", "RolledBack": "magenta", "Failed": "red"}
-GATE_PHASE_STYLES = {"Running": "cyan", "Held": "magenta", "Passed": "green", "Failed": "red",
-                     "Inconclusive": "yellow", "Skipped": "dim"}
-VERDICT_STYLES = {"Passed": "green", "Failed": "red", "Inconclusive": "yellow", "NoData": "magenta",
-                  "TooFewSamples": "magenta", "Error": "magenta"}
+WatchOption = Annotated[bool, typer.Option(
+    "--watch", "-w", help="redraw a live board until the rollouts shown reach Succeeded, RolledBack or Failed "
+    "(or Ctrl-C)")]
+IntervalOption = Annotated[float, typer.Option(min=0.2, help="seconds between reads with --watch")]
 
 
 def _rollout_key(target: str) -> tuple[str, str]:
@@ -661,90 +704,76 @@ def _rollout_key(target: str) -> tuple[str, str]:
 
 
 def _phase(phase: str | None) -> str:
-    if phase is None:
-        return "[dim]-[/dim]"
-    return f"[{PHASE_STYLES.get(phase, 'default')}]{phase}[/]"
+    return _styled(phase, PHASE_STYLES)
 
 
-def _age(seconds: int) -> str:
-    """As kubectl shows ages: 45s, 12m, 5h, 3d."""
-    for unit, size, below in (("s", 1, 120), ("m", 60, 7200), ("h", 3600, 172800)):
-        if seconds < below:
-            return f"{seconds // size}{unit}"
-    return f"{seconds // 86400}d"
+def _watch_board(server: str | None, targets: list[tuple[str, str]] | None, namespace: str | None,
+                 interval: float) -> BoardSnapshot:
+    """The live board until the rollouts settle; exit 130 when Ctrl-C ended it first."""
+    with client(server) as api:
+        final = watch(api, targets, namespace, interval, until=settled, console=console)
+    if not settled(final):
+        raise typer.Exit(130)
+    return final
 
 
-def _when(value: str | None) -> str:
-    return value[:19].replace("T", " ") if value else "-"
+def _no_output_with_watch(output: Output | None, as_json: bool) -> None:
+    if output is not None or as_json:
+        raise fail("--watch draws a live board; leave out -o/--json, or --watch to print the data once")
 
 
 @rollout_app.command("list")
 def rollout_list(
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="one namespace; default every one")] = None,
     server: ServerOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
+    watching: WatchOption = False,
+    interval: IntervalOption = 2.0,
 ) -> None:
-    """List Rollouts with their phase, ring and ready replicas."""
+    """List Rollouts: phase, ring, progress over the rings, old and new ready replicas against the target, the rings
+    whose users have the flag, age and message."""
+    if watching:
+        _no_output_with_watch(output, as_json)
+        _watch_board(server, None, namespace, interval)
+        return
     with client(server) as api:
         items = api.list_rollouts(namespace)
-    if as_json:
-        emit_json(items)
+    if printed_as_data(items, output, as_json):
         return
     if not items:
         console.print(f"no rollouts in namespace {namespace}" if namespace else "no rollouts", highlight=False)
         return
-    table = Table("NAMESPACE", "NAME", "PHASE", "RING", "OLD", "NEW", "REVISION", "AGE", box=None)
-    for item in items:
-        table.add_row(item["namespace"], item["name"], _phase(item["phase"]), item["currentRing"] or "-",
-                      str(item["oldReady"]), str(item["newReady"]), item["revision"] or "-", _age(item["ageSeconds"]))
-    console.print(table)
+    console.print(rollout_table(items))
 
 
 @rollout_app.command("get")
-def rollout_get(target: RolloutArgument, server: ServerOption = None, as_json: JsonOption = False) -> None:
-    """Show a Rollout: phase and ring, replicas, conditions, each ring's passage and the lasting history."""
+def rollout_get(
+    target: RolloutArgument,
+    server: ServerOption = None,
+    output: OutputOption = None,
+    as_json: JsonOption = False,
+    watching: WatchOption = False,
+    interval: IntervalOption = 2.0,
+) -> None:
+    """Show a Rollout: what it does now, each ring's state, replicas, the flag's rings, the current ring's gates,
+    conditions and the recent history. --watch: a live board, exiting 0 once it has Succeeded and 1 once it has
+    RolledBack or Failed."""
     namespace, name = _rollout_key(target)
+    if watching:
+        _no_output_with_watch(output, as_json)
+        with client(server) as api:
+            api.get_rollout(namespace, name)  # a Rollout that is not there fails now, not on the board
+        final = _watch_board(server, [(namespace, name)], None, interval)
+        phase = final.rollouts[0]["phase"]
+        if phase != "Succeeded":
+            raise fail(f"{target} is {phase}: {final.rollouts[0]['message']}")
+        return
     with client(server) as api:
         rollout = api.get_rollout(namespace, name)
-    if as_json:
-        emit_json(rollout)
+    if printed_as_data(rollout, output, as_json):
         return
-    status = rollout["status"]
-    console.print(f"[bold]{namespace}/{name}[/bold]  {_phase(rollout['phase'])}  ring {rollout['currentRing'] or '-'}"
-                  f"  revision {rollout['revision'] or '-'}  age {_age(rollout['ageSeconds'])}", highlight=False)
-    lines = [("message", rollout["message"] or "-"),
-             ("replicas", f"{rollout['oldReady']} old + {rollout['newReady']} new ready of "
-                          f"{rollout['targetReplicas'] if rollout['targetReplicas'] is not None else '-'}"),
-             ("promoted", ", ".join(rollout["promotedRings"]) or "-")]
-    if status.get("bakeUntil"):
-        lines.append(("bake until", _when(status["bakeUntil"])))
-    if status.get("bakeRemainingSeconds") is not None:
-        lines.append(("bake left", f"{status['bakeRemainingSeconds']:.0f}s (frozen)"))
-    if rollout["paused"]:
-        lines.append(("paused", "spec.paused is true"))
-    if rollout["pausedReason"]:
-        lines.append(("paused by failure policy", rollout["pausedReason"]))
-    if status.get("rollbackReason"):
-        lines.append(("rollback reason", status["rollbackReason"]))
-    if rollout["pendingRequest"]:
-        lines.append(("pending request", rollout["pendingRequest"]))
-    for label, value in lines:
-        console.print(f"  {label}: {value}", highlight=False, soft_wrap=True)
-    conditions = Table("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE", title="conditions", box=None)
-    for condition in status.get("conditions", []):
-        conditions.add_row(condition["type"], condition["status"], condition["reason"], condition.get("message", ""),
-                           _when(condition.get("lastTransitionTime")))
-    rings = Table("RING", "REVISION", "STARTED", "READY", "PROMOTED", "OUTCOME", title="rings", box=None)
-    for record in status.get("history", []):
-        rings.add_row(record["ring"], record["revision"], _when(record.get("startedAt")), _when(record.get("readyAt")),
-                      _when(record.get("promotedAt")), record.get("outcome") or "-")
-    history = Table("AT", "TYPE", "REASON", "RING", "REVISION", "MESSAGE", title="history", box=None)
-    for entry in rollout["history"]:
-        history.add_row(_when(entry["at"]), entry["type"], entry["reason"], entry["ring"] or "-",
-                        entry["revision"] or "-", entry["message"])
-    for table in (conditions, rings, history):
-        if table.row_count:
-            console.print(table)
+    console.print(rollout_detail(rollout, datetime.now(UTC)))
 
 
 def _styled(value: str | None, styles: dict[str, str]) -> str:
@@ -753,25 +782,20 @@ def _styled(value: str | None, styles: dict[str, str]) -> str:
     return f"[{styles.get(value, 'default')}]{escape(value)}[/]"
 
 
-def _values(values: dict[str, float]) -> str:
-    """A gate's numbers on one line: `error_ratio=0.0123 p99_s=0.41`."""
-    return " ".join(f"{key}={value:.4g}" for key, value in values.items()) or "-"
-
-
 @rollout_app.command("gates")
 def rollout_gates(
     target: RolloutArgument,
     queries: Annotated[bool, typer.Option("--queries", "-q", help="show the queries each measurement sent")] = False,
     limit: Annotated[int | None, typer.Option(min=1, max=5000, help="the latest N measurements; default 500")] = None,
     server: ServerOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show a Rollout's gates: where each gate of the ring being baked stands, and the measurements kept."""
     namespace, name = _rollout_key(target)
     with client(server) as api:
         answer = api.rollout_gates(namespace, name, limit)
-    if as_json:
-        emit_json(answer)
+    if printed_as_data(answer, output, as_json):
         return
     console.print(f"[bold]{namespace}/{name}[/bold]  {_phase(answer['phase'])}  ring {answer['currentRing'] or '-'}",
                   highlight=False)
@@ -782,13 +806,13 @@ def rollout_gates(
         last = gate.get("last") or {}
         gates.add_row(escape(gate["name"]), gate["kind"], gate["ring"], _styled(gate["phase"], GATE_PHASE_STYLES),
                       str(gate["measurements"]), f"{gate['passed']}/{gate['failed']}/{gate['inconclusive']}",
-                      _styled(last.get("verdict"), VERDICT_STYLES), escape(_values(last.get("values") or {})),
-                      _when(gate.get("nextAt")))
+                      _styled(last.get("verdict"), VERDICT_STYLES), escape(values_text(last.get("values") or {})),
+                      when(gate.get("nextAt")))
     history = Table("AT", "REVISION", "RING", Column("GATE", overflow="fold"), "VERDICT",
                     Column("MESSAGE", overflow="fold"), *([Column("QUERIES", overflow="fold")] if queries else []),
                     title="measurements", box=None)
     for entry in answer["history"]:
-        row = [_when(entry["at"]), entry["revision"], entry["ring"], escape(entry["gate"]),
+        row = [when(entry["at"]), entry["revision"], entry["ring"], escape(entry["gate"]),
                _styled(entry["verdict"], VERDICT_STYLES), escape(entry["message"] or "-")]
         history.add_row(*row, *([escape("\n".join(entry["queries"]))] if queries else []))
     if gates.row_count:
@@ -875,11 +899,17 @@ def localcluster_down(root: RootOption = None) -> None:
 
 
 @localcluster_app.command("status")
-def localcluster_status(root: RootOption = None) -> None:
+def localcluster_status(root: RootOption = None, output: OutputOption = None, as_json: JsonOption = False) -> None:
     """Show which of the control plane's processes run and whether the API answers; exit 1 when it does not."""
     from rollout.localcluster.cluster import LocalCluster
 
     status = LocalCluster(root).status()
+    if printed_as_data({"root": str(status.root), "apiReady": status.api_ready, "apiserverUrl": status.apiserver_url,
+                        "kubeconfig": str(status.kubeconfig), "prometheusUrl": status.prometheus_url or None,
+                        "running": status.running, "stopped": status.stopped}, output, as_json):
+        if not status.api_ready:
+            raise typer.Exit(1)
+        return
     for name, pid in status.running.items():
         console.print(f"  {name:<24} running (pid {pid})", highlight=False)
     for name in status.stopped:
@@ -924,6 +954,7 @@ def andon_pull(
     = None,
     rollout: Annotated[str | None, typer.Option("--rollout", help="halt only this rollout, as NAMESPACE/NAME")] = None,
     server: ServerOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Pull the cord: every rollout in scope halts (no scaling, no flag change, no promotion) until released."""
@@ -932,8 +963,7 @@ def andon_pull(
     rollout_namespace, rollout_name = _rollout_key(rollout) if rollout else (namespace, None)
     with client(server) as api:
         pulled = api.andon_pull(reason, rollout_namespace, rollout_name)
-    if as_json:
-        emit_json(pulled)
+    if printed_as_data(pulled, output, as_json):
         return
     console.print(f"[bold red]pulled[/bold red] the andon cord over {_scope_text(pulled['scope'])}: pull "
                   f"{pulled['id']}; release it with `ringmaster andon release {pulled['id']} --reason ...`",
@@ -945,6 +975,7 @@ def andon_release(
     pull_id: Annotated[int | None, typer.Argument(help="the pull to release; default the only active one")] = None,
     reason: ReasonRequired = "",
     server: ServerOption = None,
+    output: OutputOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Release a pull: the rollouts it halted go on where they stopped."""
@@ -959,22 +990,20 @@ def andon_release(
                            "name the one to release")
             pull_id = int(active[0]["id"])
         released = api.andon_release(pull_id, reason)
-    if as_json:
-        emit_json(released)
+    if printed_as_data(released, output, as_json):
         return
     console.print(f"released pull {released['id']} ({_scope_text(released['scope'])}, pulled by "
                   f"{released['actor']}: {released['reason']})", highlight=False, soft_wrap=True)
 
 
 @andon_app.command("status")
-def andon_status(server: ServerOption = None, as_json: JsonOption = False,
+def andon_status(server: ServerOption = None, output: OutputOption = None, as_json: JsonOption = False,
                  history: Annotated[int, typer.Option(help="also show the last N pulls and releases")] = 0) -> None:
     """Show the active pulls (who, when, why, over what), and with --history the record."""
     with client(server) as api:
         cord = api.andon_status()
         events = api.andon_history(history) if history else []
-    if as_json:
-        emit_json({**cord, "history": events} if history else cord)
+    if printed_as_data({**cord, "history": events} if history else cord, output, as_json):
         return
     if not cord["active"]:
         console.print("[green]the line runs[/green]: no pull is active", highlight=False)
@@ -982,7 +1011,7 @@ def andon_status(server: ServerOption = None, as_json: JsonOption = False,
         table = Table("PULL", "SCOPE", "BY", "WHEN", "VIA", Column("REASON", overflow="fold"),
                       title="[bold red]the andon cord is pulled[/bold red]", box=None)
         for item in cord["active"]:
-            table.add_row(str(item["id"]), _scope_text(item["scope"]), escape(item["actor"]), _when(item["at"]),
+            table.add_row(str(item["id"]), _scope_text(item["scope"]), escape(item["actor"]), when(item["at"]),
                           item["via"], escape(item["reason"]))
         console.print(table)
     if events:
@@ -990,5 +1019,79 @@ def andon_status(server: ServerOption = None, as_json: JsonOption = False,
                        title="record", box=None)
         for event in events:
             record.add_row(str(event["id"]), event["kind"], str(event["pullId"]), _scope_text(event["scope"]),
-                           escape(event["actor"]), _when(event["at"]), escape(event["reason"]))
+                           escape(event["actor"]), when(event["at"]), escape(event["reason"]))
         console.print(record)
+
+
+# Everything on one machine
+
+DataDirOption = Annotated[Path | None, typer.Option(
+    "--data-dir", envvar="RINGMASTER_DATA_DIR", help="where the database, the control plane and the logs live; "
+    "default ./.ringmaster")]
+
+
+def _local_system(data_dir: Path | None, port: int, sync_port: int, controller_metrics_port: int) -> Any:
+    from cohorts.db import DEFAULT_DATA_DIR
+    from rollout.up import LocalSystem, UpSettings
+
+    settings = UpSettings(data_dir=data_dir or Path(DEFAULT_DATA_DIR), port=port, sync_port=sync_port,
+                          controller_metrics_port=controller_metrics_port)
+    return LocalSystem(settings, console)
+
+
+@app.command("up")
+def up(
+    data_dir: DataDirOption = None,
+    port: Annotated[int, typer.Option(help="port of the API and the dashboard")] = 8080,
+    sync_port: Annotated[int, typer.Option(help="port of flagd's sync gRPC service")] = DEFAULT_SYNC_PORT,
+    controller_metrics_port: Annotated[int, typer.Option(help="port of the controller's /metrics")] = 8090,
+) -> None:
+    """Start everything on this machine: the local control plane, Prometheus, `serve` on SQLite, `controller` and a
+    sample application with simulated traffic. Ctrl-C stops exactly what it started."""
+    from rollout.up import print_summary, run_until_interrupted
+
+    system = _local_system(data_dir, port, sync_port, controller_metrics_port)
+    code = 0
+    try:
+        with system:
+            console.print("[bold green]Ringmaster is up[/]; Ctrl-C stops what `ringmaster up` started", highlight=False)
+            print_summary(system, console)
+            code = run_until_interrupted(system, console)
+            console.print("stopping…", highlight=False)
+    except Exception as error:
+        from rollout.up import failure_text
+
+        raise fail(failure_text(error)) from error
+    raise typer.Exit(code)
+
+
+@app.command("demo")
+def demo(
+    data_dir: DataDirOption = None,
+    port: Annotated[int, typer.Option(help="port of the API and the dashboard; a free one if it is taken")] = 8080,
+    keep: Annotated[bool, typer.Option(help="keep everything running after the story, until Ctrl-C")] = False,
+) -> None:
+    """Play three releases on `ringmaster up`: a good one through all four rings, a bad one caught by a gate and rolled
+    back, and one halted by the andon cord and resumed. Exits 0 only if the story played out as it should."""
+    from rollout.demo import play
+    from rollout.localcluster.prometheus import free_port
+    from rollout.up import choose_port, print_summary, run_until_interrupted
+
+    system = _local_system(data_dir, choose_port(port), free_port(), free_port())
+    started = time.monotonic()
+    try:
+        with system:
+            console.print(f"the dashboard is at [bold]{system.dashboard_url}[/] while the demo runs", highlight=False)
+            outcomes = play(system, console)
+            played = len(outcomes) == 3 and all(outcome.played for outcome in outcomes)
+            ending = "[bold green]the story played out" if played else "[bold red]the story did not play out"
+            console.print(f"\n{ending}[/] in {time.monotonic() - started:.0f} s", highlight=False)
+            if keep:
+                print_summary(system, console)
+                run_until_interrupted(system, console)
+    except Exception as error:
+        from rollout.up import failure_text
+
+        raise fail(failure_text(error)) from error
+    if not played:
+        raise typer.Exit(1)

@@ -256,21 +256,23 @@ def kubectl(local_cluster: LocalCluster, namespace: str, *arguments: str) -> lis
 
 
 @needs_kubectl
-def test_kubectl_get_shows_phase_ring_and_ready_replicas_and_wide_adds_revision_and_message(
+def test_kubectl_get_shows_phase_ring_step_replicas_and_flag_rings_and_wide_adds_flag_revision_and_message(
     local_cluster: LocalCluster, rollouts: client.CustomObjectsApi, namespace: str
 ) -> None:
     create(rollouts, namespace, rollout("web", valid_spec()))
     patch_status(rollouts, namespace, "web", {"status": {
-        "phase": "Progressing", "currentRing": "canary", "oldReady": 2, "newReady": 1,
-        "revision": "3f9a0c1d2e", "message": "baking",
+        "phase": "Progressing", "currentRing": "canary", "step": "Baking", "oldReady": 2, "newReady": 1,
+        "pin": {"targetReplicas": 3}, "promotedRings": ["canary"], "revision": "3f9a0c1d2e", "message": "baking",
     }})
     for resource in ("rollouts", "rmr", "rollout.ringmaster.dev"):
         header, row = kubectl(local_cluster, namespace, "get", resource)
-        assert header == ["NAME", "PHASE", "RING", "OLD", "NEW", "AGE"]
-        assert row[:5] == ["web", "Progressing", "canary", "2", "1"]
+        assert header == ["NAME", "PHASE", "RING", "STEP", "OLD", "NEW", "TARGET", "FLAG-ON", "AGE"]
+        assert row[:8] == ["web", "Progressing", "canary", "Baking", "2", "1", "3", '["canary"]']
     header, row = kubectl(local_cluster, namespace, "get", "rmr", "-o", "wide")
-    assert header == ["NAME", "PHASE", "RING", "OLD", "NEW", "REVISION", "MESSAGE", "AGE"]
-    assert row[:7] == ["web", "Progressing", "canary", "2", "1", "3f9a0c1d2e", "baking"]
+    assert header == ["NAME", "PHASE", "RING", "STEP", "OLD", "NEW", "TARGET", "FLAG-ON", "FLAG", "REVISION",
+                      "MESSAGE", "AGE"]
+    assert row[:11] == ["web", "Progressing", "canary", "Baking", "2", "1", "3", '["canary"]', "web-v2",
+                        "3f9a0c1d2e", "baking"]
 
 
 @needs_kubectl

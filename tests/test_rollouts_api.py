@@ -366,8 +366,8 @@ def test_cli_lists_rollouts_as_a_table_and_as_json(
     create(kube, namespace, "web", baking_canary())
     table = run(server, "rollout", "list", "--namespace", namespace).stdout
     header, row = table.strip().splitlines()
-    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "RING", "OLD", "NEW", "REVISION", "AGE"]
-    assert row.split()[:7] == [namespace, "web", "Progressing", "canary", "2", "1", "3f9a0c1d2e"]
+    assert header.split()[:8] == ["NAMESPACE", "NAME", "PHASE", "RING", "PROGRESS", "OLD", "NEW", "TARGET"]
+    assert row.split()[:9] == [namespace, "web", "Progressing", "canary", "▮▯▯▯", "1/4", "2", "1", "3"]
     listed = json.loads(run(server, "rollout", "list", "-n", namespace, "--json").stdout)
     assert [(item["name"], item["targetReplicas"]) for item in listed] == [("web", 3)]
 
@@ -376,7 +376,7 @@ def test_cli_get_shows_the_summary_conditions_and_rings(
         server: dict[str, str], kube: client.ApiClient, namespace: str) -> None:
     create(kube, namespace, "web", baking_canary())
     shown = run(server, "rollout", "get", f"{namespace}/web").stdout
-    assert f"{namespace}/web  Progressing  ring canary  revision 3f9a0c1d2e" in shown
+    assert f"{namespace}/web  Progressing  ring canary (1 of 4)  revision 3f9a0c1d2e" in shown
     assert "2 old + 1 new ready of 3" in shown and "CapacityReady" in shown and "bake until" in shown
     assert json.loads(run(server, "rollout", "get", f"{namespace}/web", "--json").stdout)["uid"]
 
