@@ -92,13 +92,14 @@ class Up:
 
 
 @contextmanager
-def ringmaster_up(data_dir: Path) -> Iterator[Up]:
+def ringmaster_up(data_dir: Path, *, cleans_up_cluster: bool = True) -> Iterator[Up]:
     running = Up(data_dir)
     try:
         yield running
     finally:
         running.kill()
-        LocalCluster(data_dir / "localcluster").down()
+        if cleans_up_cluster:  # only after a failure does anything remain
+            LocalCluster(data_dir / "localcluster").down()
 
 
 def test_up_starts_the_whole_system_and_ctrl_c_stops_exactly_what_it_started(tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_up_leaves_a_control_plane_it_did_not_start_running(tmp_path: Path) -> N
     cluster = LocalCluster(data_dir / "localcluster")
     cluster.up()
     try:
-        with ringmaster_up(data_dir) as running:
+        with ringmaster_up(data_dir, cleans_up_cluster=False) as running:
             running.wait_until_up()
             assert running.interrupt() == 0, running.output
         status = cluster.status()
