@@ -29,7 +29,7 @@ class ControllerProcess:
             [sys.executable, "-m", "rollout", "controller", "--kubeconfig", str(kubeconfig), "--namespace", namespace,
              "--lease-namespace", namespace, "--identity", identity, "--no-install-crd",
              "--lease-duration", str(lease_duration_s), "--renew-deadline", str(lease_duration_s * 2 / 3),
-             "--retry-period", "0.3", "--workers", "2"],
+             "--retry-period", "0.3", "--workers", "2", "--metrics-address", "127.0.0.1:0"],
             env=environment, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

@@ -49,6 +49,11 @@ class CordWatcher:
     def state(self) -> CordState:
         return self._state
 
+    @property
+    def running(self) -> bool:
+        """Whether it watches the cord: started and not stopped."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._poll()
         self._thread.start()

@@ -6,6 +6,7 @@ Rollout to two workers at once; a failed reconcile is retried with exponential b
 timer is a delayed requeue, and the informers' periodic resync is the safety net. On SIGTERM the
 workers finish, the Lease is released (a rolling restart hands over at once) and the process exits.
 Losing the Lease stops the workers, and the process exits non-zero so its supervisor restarts it.
+With a metrics address, an HTTP endpoint serves /metrics, /healthz and /readyz (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +27,10 @@ from cohorts.store import CohortStore
 from rollout.andon.store import AndonStore
 from rollout.andon.watch import DEFAULT_POLL_S, CordWatcher
 from rollout.controller.act import Executor, StaleWrite
+from rollout.controller.endpoint import Endpoint, parse_address
 from rollout.controller.history import GateResults, RolloutHistory
 from rollout.controller.leader import LeaderElector
+from rollout.controller.metrics import ControllerMetrics, ControllerState
 from rollout.controller.reactor import Informer, ResourceKind
 from rollout.controller.reconciler import Reconciler
 from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
@@ -61,6 +65,8 @@ class ControllerSettings:
     watch_timeout_s: int = 300
     prometheus_url: str | None = None
     andon_poll_s: float = DEFAULT_POLL_S
+    # HOST:PORT of /metrics, /healthz and /readyz; None (or "off") serves none, port 0 any free port.
+    metrics_address: str | None = None
 
 
 class Controller:
@@ -90,12 +96,20 @@ class Controller:
                                  is_leader=self.elector.is_leader)
         self.prometheus = Prometheus(settings.prometheus_url) if settings.prometheus_url else None
         self.cord = CordWatcher(AndonStore(engine), on_change=self._on_cord_change, poll_s=settings.andon_poll_s)
+        self.metrics = ControllerMetrics()
         self.reconciler = Reconciler(
             rollout_of=self.rollouts.get, statefulset_of=self.statefulsets.get,
             cohort_store=cohort_store, compiled_sets=CompiledSetCache(cohort_store), flag_store=flag_store,
             executor=self.executor, slogates_of=self._slogates_in, prometheus=self.prometheus,
-            andon_of=lambda rollout: self.cord.view(rollout.namespace, rollout.name),
+            andon_of=lambda rollout: self.cord.view(rollout.namespace, rollout.name), metrics=self.metrics,
         )
+        self.metrics.watch(ControllerState(
+            is_leader=self.elector.is_leader, rollouts=self.rollouts.list, queue_depth=lambda: len(self.queue),
+            informers=self._informers(), cord=lambda: self.cord.state if self.cord.running else None,
+        ))
+        address = parse_address(settings.metrics_address or "off")
+        self.endpoint = None if address is None else Endpoint(
+            address, self.metrics.registry, healthy=self._unhealthy, ready=self._unready)
         self._workers: list[threading.Thread] = []
         # (namespace, StatefulSet name) -> the Rollouts that name it, for StatefulSets no Rollout owns.
         self._rollouts_naming: dict[tuple[str, str], set[str]] = {}
@@ -152,6 +166,17 @@ class Controller:
     def _slogates_in(self, namespace: str) -> dict[str, Any]:
         return {gate["metadata"]["name"]: gate.get("spec") for gate in self.slogates.list(namespace)}
 
+    def _informers(self) -> tuple[Informer, ...]:
+        return self.rollouts, self.statefulsets, self.slogates
+
+    def _unhealthy(self) -> str | None:
+        stopped = [informer.name for informer in self._informers() if not informer.running]
+        return f"informers not running: {', '.join(stopped)}" if stopped else None
+
+    def _unready(self) -> str | None:
+        unsynced = [informer.name for informer in self._informers() if not informer.wait_synced(0)]
+        return f"caches not synced yet: {', '.join(unsynced)}" if unsynced else None
+
     def _on_stopped_leading(self) -> None:
         if not self.stop_event.is_set():
             log.error("lost the Lease %s/%s: stopping the workers", self.settings.lease_namespace,
@@ -163,9 +188,10 @@ class Controller:
 
     def run(self) -> int:
         """Run until `stop()` (exit code 0) or until the Lease is lost (EXIT_LOST_LEASE)."""
-        self.rollouts.start()
-        self.statefulsets.start()
-        self.slogates.start()
+        for informer in self._informers():
+            informer.start()
+        if self.endpoint is not None:
+            self.endpoint.start()
         self.elector.start()
         log.info("controller %s: campaigning for Lease %s/%s", self.elector.identity,
                  self.settings.lease_namespace, self.settings.lease_name)
@@ -176,7 +202,7 @@ class Controller:
             if self.stop_event.is_set():
                 return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
             log.info("controller %s leads", self.elector.identity)
-            while not all(informer.wait_synced(1.0) for informer in (self.rollouts, self.statefulsets, self.slogates)):
+            while not all(informer.wait_synced(1.0) for informer in self._informers()):
                 if self.stop_event.is_set():
                     return EXIT_LOST_LEASE if self.lost_lease.is_set() else 0
             self.cord.start()
@@ -194,9 +220,10 @@ class Controller:
                 worker.join(timeout=30)
             self.cord.stop()
             self.elector.stop(release=not self.lost_lease.is_set())
-            self.rollouts.stop()
-            self.statefulsets.stop()
-            self.slogates.stop()
+            for informer in self._informers():
+                informer.stop()
+            if self.endpoint is not None:
+                self.endpoint.stop()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -206,17 +233,21 @@ class Controller:
             key = self.queue.get(timeout_s=1.0)
             if key is None:
                 continue
+            started_s = time.perf_counter()
             try:
                 if not self.elector.is_leader():
                     continue
                 requeue_after_s = self.reconciler.reconcile(key)
+                self.metrics.reconciled(time.perf_counter() - started_s)
                 self.queue.forget(key)
                 if requeue_after_s is not None:
                     self.queue.add_after(key, requeue_after_s)
             except StaleWrite as error:
+                self.metrics.reconciled(time.perf_counter() - started_s, error, conflict=True)
                 log.info("%s: %s; reconciling again from fresh state", key, error)
                 self.queue.add_rate_limited(key)
-            except Exception:
+            except Exception as error:
+                self.metrics.reconciled(time.perf_counter() - started_s, error)
                 self.reconciler.stats.errors += 1
                 delay_s = self.queue.add_rate_limited(key)
                 log.exception("%s: reconcile failed; retrying in %.2fs", key, delay_s)

@@ -25,6 +25,8 @@ from cohorts.rotation import epoch_at
 from cohorts.store import CohortStore
 from rollout.controller import gating
 from rollout.controller.act import Executor, StaleWrite
+from rollout.controller.actions import RecordGateResult
+from rollout.controller.metrics import ControllerMetrics
 from rollout.controller.observed import (
     AndonView,
     CohortShares,
@@ -77,6 +79,7 @@ class Reconciler:
         prometheus: PrometheusQueries | None = None,
         andon_of: Callable[[RolloutView], AndonView] = lambda _: AndonView(),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.rollout_of = rollout_of
         self.statefulset_of = statefulset_of
@@ -88,6 +91,7 @@ class Reconciler:
         self.prometheus = prometheus
         self.andon_of = andon_of
         self.clock = clock
+        self.metrics = metrics or ControllerMetrics()
         self.stats = ReconcileStats()
         # key -> (resourceVersion the write replaced, the object the API server returned)
         self._written: dict[str, tuple[str, Mapping[str, Any]]] = {}
@@ -119,8 +123,11 @@ class Reconciler:
                 written = self.executor.write_status(rollout, decided.status)
                 with self._written_lock:
                     self._written[key] = (rollout.resource_version, written)
+                self.metrics.status_written(rollout.status, decided.status)
             for action in decided.actions:
                 self.executor.execute(rollout, action)
+                if isinstance(action, RecordGateResult):
+                    self.metrics.gate_recorded(action.measurement)
         finally:
             self.stats.sample(plan_s, time.perf_counter() - started_s)
         return decided.requeue_after_s

@@ -346,12 +346,17 @@ class LocalCluster:
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--secure-port={ports.apiserver}", "--insecure-port=0",
             f"--tls-cert-file={credentials.server_cert}", f"--tls-private-key-file={credentials.server_key}",
-            f"--token-auth-file={credentials.token_file}", "--authorization-mode=AlwaysAllow",
+            f"--token-auth-file={credentials.token_file}",
+            # RBAC, as real clusters run: the token's user is in system:masters, which is allowed everything,
+            # and tests/test_deploy.py impersonates the ServiceAccounts of deploy/ to check their Roles.
+            "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={credentials.service_account_public_key}",
             f"--service-account-signing-key-file={credentials.service_account_key}",
             "--service-cluster-ip-range=10.96.0.0/16",
             "--disable-admission-plugins=ServiceAccount",
+            # As OpenShift does: setting blockOwnerDeletion needs update on the owner's finalizers.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--allow-privileged=true", "--profiling=false", "--v=0",
         ]
 

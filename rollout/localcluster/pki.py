@@ -61,7 +61,7 @@ def ensure_credentials(folder: Path) -> Credentials:
         _openssl("genrsa", "-out", "service-account.key", "2048", cwd=folder)
         _openssl("rsa", "-in", "service-account.key", "-pubout", "-out", "service-account.pub", cwd=folder)
     if not credentials.token_file.exists():
-        # 1.20 answers anonymous requests with 401 even under AlwaysAllow, so clients use a token.
+        # Clients use a token (1.20 answers anonymous requests with 401); its group system:masters may do anything.
         credentials.token_file.write_text(f'{secrets.token_hex(24)},ringmaster-admin,1,"system:masters"\n')
         credentials.token_file.chmod(0o600)
     token = credentials.token_file.read_text().split(",", 1)[0]
