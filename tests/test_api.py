@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
+from sqlalchemy import text
 
+from cohorts.db import make_engine
 from cohorts.spec import default_cohort_set
 from rollout.api.app import create_app
 from rollout.settings import ServiceSettings
@@ -247,6 +249,22 @@ def test_every_change_is_in_the_audit_log_with_before_and_after(api: TestClient)
     assert oldest["before"] is None and oldest["after"]["defaultRing"] == "stable"
     assert newest["before"]["defaultRing"] == "stable" and newest["after"]["defaultRing"] == "laggard"
     assert {record["actor"] for record in records} == {"ana@example.com"}
+
+
+def test_readiness_tells_a_schema_behind_from_one_a_newer_build_migrated(api: TestClient, database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = '0001_cohorts'"))
+        behind = api.get("/readyz")
+        assert behind.status_code == 503 and "run `ringmaster db upgrade`" in behind.json()["detail"]
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = 'f00dfeedbeef'"))
+        newer = api.get("/readyz")
+        assert newer.status_code == 503 and newer.json()["title"] == "The database schema is newer than this build"
+        assert "db upgrade" not in newer.json()["detail"]
+    finally:
+        engine.dispose()
 
 
 def test_health_readiness_metrics_and_openapi(api: TestClient) -> None:

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from sqlalchemy import text
 
 from cohorts.cache import CompiledSetCache
-from cohorts.db import current_revision, head_revision, make_engine
+from cohorts.db import current_revision, head_revision, is_known_revision, make_engine
 from cohorts.store import CohortStore
 from rollout.andon.metrics import AndonCollector
 from rollout.andon.store import AndonStore
@@ -141,6 +141,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         except Exception as error:  # any failure to reach the database means not ready
             return problem(503, "not-ready", "The database is unreachable", f"{type(error).__name__}: {error}")
         head = head_revision()
+        if revision is not None and not is_known_revision(revision):
+            return problem(
+                503, "not-ready", "The database schema is newer than this build",
+                f"the database is at revision {revision}, which a newer Ringmaster migrated to; this build knows "
+                f"revisions up to {head}: run the newer version (upgrades go database first, then every process)",
+            )
         if revision != head:
             return problem(
                 503, "not-ready", "The database schema is behind",
