@@ -130,6 +130,9 @@ class LocalSystem:
         self._check_ports()
         self.logs.mkdir(parents=True, exist_ok=True)
         self._step("the database", self._migrate)
+        # Installing and building draw their own progress, outside a step's spinner.
+        ensure_etcd(self.console)
+        build_control_plane(self.console)
         self._step("the local control plane and Prometheus", self._start_cluster)
         self._step("the Rollout and SLOGate CRDs", lambda: install_crd(self.api_client))
         self._step(f"ringmaster serve on {self.server_url}", self._start_server)
@@ -184,8 +187,6 @@ class LocalSystem:
             engine.dispose()
 
     def _start_cluster(self) -> None:
-        ensure_etcd(self.console)
-        build_control_plane(self.console)
         self.started_cluster = not self.cluster.status().api_ready
         status = self.cluster.up()
         self.prometheus_url = status.prometheus_url

@@ -62,7 +62,7 @@ def build_control_plane(console: Console) -> None:
     environment = {**os.environ, "BUILD_KUBE_PROGRESS_EVERY": str(PROGRESS_EVERY)}
     recent: deque[str] = deque(maxlen=20)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+               TimeElapsedColumn(), TextColumn("elapsed, about"), TimeRemainingColumn(), TextColumn("left"))
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("preparing", total=total)
         # stdout is kept apart: the script speaks on stderr and only apt may write to stdout.
