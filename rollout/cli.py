@@ -1078,9 +1078,9 @@ def demo(
     from rollout.up import choose_port, print_summary, run_until_interrupted
 
     system = _local_system(data_dir, choose_port(port), free_port(), free_port())
-    started = time.monotonic()
     try:
         with system:
+            started = time.monotonic()
             console.print(f"the dashboard is at [bold]{system.dashboard_url}[/] while the demo runs", highlight=False)
             outcomes = play(system, console)
             played = len(outcomes) == 3 and all(outcome.played for outcome in outcomes)
