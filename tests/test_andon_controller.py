@@ -79,16 +79,17 @@ class Line:
 
 
 @contextmanager
-def line(local_cluster: LocalCluster, namespace: str, database_url: str) -> Iterator[Line]:
-    """Two StatefulSets and a controller on `database_url`; the rollouts are applied by the test."""
+def line(local_cluster: LocalCluster, namespace: str, database_url: str,
+         names: tuple[str, ...] = NAMES) -> Iterator[Line]:
+    """A StatefulSet per name and a controller on `database_url`; the rollouts are applied by the test."""
     engine = make_engine(database_url)
     with local_cluster.api_client() as api_client:
         install_crd(api_client)
         apps = client.AppsV1Api(api_client)
-        for name in NAMES:
+        for name in names:
             old = statefulset(name, REPLICAS, f"registry.example.com/{name}:1")
             apps.create_namespaced_stateful_set(namespace, old)
-        for name in NAMES:
+        for name in names:
             wait_ready(api_client, namespace, name, REPLICAS)
         with controller_thread(api_client, engine, namespace, lease_duration_s=15, renew_deadline_s=10,
                                retry_period_s=1, workers=2) as running:
@@ -96,14 +97,15 @@ def line(local_cluster: LocalCluster, namespace: str, database_url: str) -> Iter
     engine.dispose()
 
 
-def start_rollouts(line: Line, bakes: tuple[str, ...] = ("30s", "0s", "0s", "0s")) -> None:
-    for name in NAMES:
+def start_rollouts(line: Line, bakes: tuple[str, ...] = ("30s", "0s", "0s", "0s"),
+                   names: tuple[str, ...] = NAMES, timeout_s: float = 90) -> None:
+    for name in names:
         client.CustomObjectsApi(line.api_client).create_namespaced_custom_object(
             GROUP, VERSION, line.namespace, PLURAL,
             rollout(name, name, flag=f"{name}-v2", bakes=bakes, image=f"registry.example.com/{name}:2"))
-    line.wait("both rollouts to bake in canary", lambda: all(
+    line.wait("every rollout to bake in canary", lambda: all(
         line.status(name).get("step") == "Baking" and line.status(name).get("currentRing") == "canary"
-        for name in NAMES))
+        for name in names), timeout_s)
 
 
 @pytest.fixture

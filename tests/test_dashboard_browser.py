@@ -15,22 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kubernetes import client
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from cohorts.db import make_engine
-from rollout.controller.crd import install_crd
-from rollout.controller.spec import GROUP, PLURAL, VERSION
 from rollout.localcluster.cluster import LocalCluster
-from tests.controller_harness import controller_thread, get_rollout, rollout, statefulset, wait_for, wait_ready
+from tests.test_andon_controller import line, start_rollouts
 from tests.test_cli import REPOSITORY, RINGMASTER, cli_token, free_port, run, wait_until_serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 NAMES = ("web", "api", "shop")
-REPLICAS = 3
 REASON = "checkout errors up in eu-west"
 # Set it to a path to keep a screenshot of the page with every rollout halted (docs/images/dashboard.png).
 SCREENSHOT_ENV = "RINGMASTER_DASHBOARD_SCREENSHOT"
@@ -80,34 +74,11 @@ def system(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> Itera
                    "RINGMASTER_KUBECONFIG": str(local_cluster.kubeconfig)}
     run(environment, "db", "upgrade")
     token = cli_token(environment, "ana", "releaser")
-    engine = make_engine(url)
     port = free_port()
-    with local_cluster.api_client() as api_client:
-        install_crd(api_client)
-        apps = client.AppsV1Api(api_client)
-        for name in NAMES:
-            old = statefulset(name, REPLICAS, f"registry.example.com/{name}:1")
-            apps.create_namespaced_stateful_set(namespace, old)
-        for name in NAMES:
-            wait_ready(api_client, namespace, name, REPLICAS)
-        with controller_thread(api_client, engine, namespace, lease_duration_s=15, renew_deadline_s=10,
-                               retry_period_s=1, workers=2), serving(environment, port, tmp_path / "serve.log"):
-            for name in NAMES:
-                # A long canary bake: nothing but the cord moves these rollouts while the test watches.
-                client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL,
-                    rollout(name, name, flag=f"{name}-v2", bakes=("30m", "0s", "0s", "0s"),
-                            image=f"registry.example.com/{name}:2"))
-
-            def status(name: str) -> dict[str, Any]:
-                found: dict[str, Any] = get_rollout(api_client, namespace, name).get("status") or {}
-                return found
-
-            wait_for("every rollout to bake its canary ring", lambda: all(
-                status(name).get("step") == "Baking" and status(name).get("currentRing") == "canary"
-                for name in NAMES), timeout_s=120)
-            yield System(f"http://127.0.0.1:{port}", namespace, token)
-    engine.dispose()
+    with line(local_cluster, namespace, url, NAMES) as running, serving(environment, port, tmp_path / "serve.log"):
+        # A long canary bake: nothing but the cord moves these rollouts while the test watches.
+        start_rollouts(running, ("30m", "0s", "0s", "0s"), NAMES, timeout_s=120)
+        yield System(f"http://127.0.0.1:{port}", namespace, token)
 
 
 def expect_phases(page: Page, namespace: str, phase: str, timeout_ms: float) -> None:
