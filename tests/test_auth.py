@@ -5,9 +5,7 @@ real `ringmaster serve`."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +30,7 @@ from rollout.auth.tokens import (
 from rollout.settings import ServiceSettings, SettingsError
 from tests.auth_helpers import bearer, create_token
 from tests.test_api import assert_problem, web_set
-from tests.test_cli import REPOSITORY, RINGMASTER, cli_token, free_port, run, wait_until_serving
+from tests.test_cli import cli_environment, cli_token, free_port, run, serving
 from tests.test_flags_api import STAFF, checkout
 
 CHANGE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -251,61 +249,49 @@ def test_the_openapi_document_shows_the_bearer_scheme_on_guarded_routes_only(api
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`ringmaster serve` on a free port and a fresh database; the CLI's environment holds no token."""
     data_dir = tmp_path_factory.mktemp("ringmaster-data")
     port = free_port()
-    environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
-                   "RINGMASTER_SERVER": f"http://127.0.0.1:{port}"}
-    for name in ("RINGMASTER_DATABASE_URL", "RINGMASTER_TOKEN", "RINGMASTER_READS_REQUIRE_TOKEN"):
-        environment.pop(name, None)
-    run(environment, "db", "upgrade")
-    log_path = data_dir / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", "0"],
-                                   env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
-        try:
-            wait_until_serving(process, port, log_path)
-            yield environment
-        finally:
-            process.kill()
-            process.wait()
+    environment = cli_environment(data_dir, port, token_role=None)
+    with serving(environment, port, data_dir / "serve.log"):
+        yield environment
 
 
 FLAG_OPTIONS = ("--type", "boolean", "--variant", "on=true", "--variant", "off=false", "--default", "on")
 
 
-def test_token_create_prints_the_token_last_and_the_cli_sends_it_to_serve(serving: dict[str, str]) -> None:
-    created = run(serving, "token", "create", "--name", "ana", "--role", "admin", "--by", "root").stdout
+def test_token_create_prints_the_token_last_and_the_cli_sends_it_to_serve(served: dict[str, str]) -> None:
+    created = run(served, "token", "create", "--name", "ana", "--role", "admin", "--by", "root").stdout
     *said, token = created.strip().splitlines()
     assert token.startswith("rmt_") and " " not in token
     assert "'ana' with the admin role is created" in said[0]
-    refused = run(serving, "flag", "set", "kill-switch", *FLAG_OPTIONS, check=False)
+    refused = run(served, "flag", "set", "kill-switch", *FLAG_OPTIONS, check=False)
     said_refused = " ".join(refused.stderr.split())
     assert refused.returncode == 1 and "401 POST /api/v1/flags needs an API token with the admin role" in said_refused
     assert "ringmaster token create --name NAME --role admin" in said_refused
-    with_env = run({**serving, "RINGMASTER_TOKEN": token}, "flag", "set", "kill-switch", *FLAG_OPTIONS).stdout
+    with_env = run({**served, "RINGMASTER_TOKEN": token}, "flag", "set", "kill-switch", *FLAG_OPTIONS).stdout
     assert with_env.strip() == "flag kill-switch is at version 1"
-    assert "is disabled (version 2)" in run(serving, "--token", token, "flag", "disable", "kill-switch").stdout
-    read = run(serving, "flag", "get", "kill-switch").stdout  # reads are open by default
+    assert "is disabled (version 2)" in run(served, "--token", token, "flag", "disable", "kill-switch").stdout
+    read = run(served, "flag", "get", "kill-switch").stdout  # reads are open by default
     assert '"createdBy": "ana"' in read
 
 
-def test_a_viewer_token_is_refused_with_403_and_a_revoked_token_stops_working(serving: dict[str, str]) -> None:
-    admin = cli_token(serving, "ops", "admin")
-    viewer = cli_token(serving, "vera", "viewer")
-    forbidden = run(serving, "--token", viewer, "cohort", "opt-in", "olga", check=False)
+def test_a_viewer_token_is_refused_with_403_and_a_revoked_token_stops_working(served: dict[str, str]) -> None:
+    admin = cli_token(served, "ops", "admin")
+    viewer = cli_token(served, "vera", "viewer")
+    forbidden = run(served, "--token", viewer, "cohort", "opt-in", "olga", check=False)
     said_forbidden = " ".join(forbidden.stderr.split())
     assert forbidden.returncode == 1 and "403 PUT /api/v1/cohort-sets/default/opt/olga" in said_forbidden
     assert "token 'vera' has the viewer role" in said_forbidden and "--role admin" in said_forbidden
-    listed = run(serving, "token", "list").stdout
+    listed = run(served, "token", "list").stdout
     assert re.search(r"ops\s+admin", listed) and re.search(r"vera\s+viewer", listed)
     assert admin not in listed and admin[4:] not in listed
-    assert "opted in" in run(serving, "--token", admin, "cohort", "opt-in", "olga").stdout
-    assert "is revoked" in run(serving, "token", "revoke", "ops").stdout
+    assert "opted in" in run(served, "--token", admin, "cohort", "opt-in", "olga").stdout
+    assert "is revoked" in run(served, "token", "revoke", "ops").stdout
     deadline = time.monotonic() + CACHE_SECONDS + 10
-    while (attempt := run(serving, "--token", admin, "cohort", "opt-out", "otto", check=False)).returncode == 0:
+    while (attempt := run(served, "--token", admin, "cohort", "opt-out", "otto", check=False)).returncode == 0:
         assert time.monotonic() < deadline, "the revoked token still works"
         time.sleep(0.5)
     assert "401" in attempt.stderr and "unknown or revoked" in " ".join(attempt.stderr.split())
-    assert re.search(r"ops\s+admin\s+\S+ \S+\s+\S+ \(cli\)\s+\d{4}-", run(serving, "token", "list").stdout)
+    assert re.search(r"ops\s+admin\s+\S+ \S+\s+\S+ \(cli\)\s+\d{4}-", run(served, "token", "list").stdout)

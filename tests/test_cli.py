@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -55,28 +56,52 @@ def wait_until_serving(process: subprocess.Popen[bytes], port: int, log_path: Pa
         time.sleep(0.1)
 
 
+def cli_environment(data_dir: Path, port: int, *, kubeconfig: Path | None = None,
+                    token_role: str | None = "admin") -> dict[str, str]:
+    """What a test runs `ringmaster` with: a migrated SQLite database of its own in `data_dir`, the server at
+    `port`, the cluster's kubeconfig if given, and a token of `token_role` made for ana (None: no token)."""
+    environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
+                   "RINGMASTER_SERVER": f"http://127.0.0.1:{port}"}
+    for name in ("RINGMASTER_DATABASE_URL", "RINGMASTER_TOKEN", "RINGMASTER_READS_REQUIRE_TOKEN"):
+        environment.pop(name, None)
+    if kubeconfig is not None:
+        environment["RINGMASTER_KUBECONFIG"] = str(kubeconfig)
+    run(environment, "db", "upgrade")
+    if token_role is not None:
+        environment["RINGMASTER_TOKEN"] = cli_token(environment, "ana", token_role)
+    return environment
+
+
+@contextmanager
+def serving(environment: dict[str, str], port: int, log_path: Path,
+            sync_port: int = 0) -> Iterator[subprocess.Popen[bytes]]:
+    """`ringmaster serve` on `port` in `environment` until the block ends; its output goes to `log_path`."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", str(sync_port)],
+                                   env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
+        try:
+            wait_until_serving(process, port, log_path)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A migrated SQLite database and `ringmaster serve` on a free port; yields the CLI's environment."""
     data_dir = tmp_path_factory.mktemp("ringmaster-data")
-    port = free_port()
-    environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
-                   "RINGMASTER_SERVER": f"http://127.0.0.1:{port}"}
-    environment.pop("RINGMASTER_DATABASE_URL", None)
-    assert "0005_andon_and_tokens" in run(environment, "db", "upgrade").stdout
-    environment["RINGMASTER_TOKEN"] = cli_token(environment, "ana", "admin")
-    log = (data_dir / "serve.log").open("w")
-    sync_port = free_port()
-    process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", str(sync_port)],
-                               env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
-    wait_until_serving(process, port, data_dir / "serve.log")
-    environment["SERVE_PID"] = str(process.pid)
-    environment["SYNC_PORT"] = str(sync_port)
-    yield environment
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
+    port, sync_port = free_port(), free_port()
+    environment = cli_environment(data_dir, port)
+    with serving(environment, port, data_dir / "serve.log", sync_port) as process:
+        environment["SERVE_PID"] = str(process.pid)
+        environment["SYNC_PORT"] = str(sync_port)
+        yield environment
 
 
 def test_explain_prints_the_ring_and_the_rule(server: dict[str, str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import secrets
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -39,7 +38,14 @@ from rollout.controller.spec import GROUP, PLURAL, VERSION
 from rollout.controller.status import Condition, GateResult, GateStatus, Pin, RingRecord, RolloutStatus
 from rollout.localcluster.cluster import LocalCluster
 from tests.controller_harness import CANARY_RINGS, controller_thread, rollout, statefulset, wait_for, wait_ready
-from tests.test_cli import REPOSITORY, RINGMASTER, cli_token, free_port, run, wait_until_serving
+from tests.test_cli import (
+    REPOSITORY,
+    RINGMASTER,
+    cli_environment,
+    free_port,
+    run,
+    serving,
+)
 
 NOW = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 REVISION = "3f9a0c1d2e"
@@ -321,12 +327,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, local_cluster: LocalCluster)
     early-adopter (status written by hand), one that lists no rings, and a flag."""
     data_dir = tmp_path_factory.mktemp("ringmaster-data")
     port = free_port()
-    environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
-                   "RINGMASTER_SERVER": f"http://127.0.0.1:{port}",
-                   "RINGMASTER_KUBECONFIG": str(local_cluster.kubeconfig)}
-    environment.pop("RINGMASTER_DATABASE_URL", None)
-    run(environment, "db", "upgrade")
-    environment["RINGMASTER_TOKEN"] = cli_token(environment, "ana", "admin")
+    environment = cli_environment(data_dir, port, kubeconfig=local_cluster.kubeconfig)
     namespace = f"t-{secrets.token_hex(4)}"
     with local_cluster.api_client() as kube:
         install_crd(kube)
@@ -338,19 +339,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, local_cluster: LocalCluster)
         everything = rollout("api", "api", flag="api-v2")
         del everything["spec"]["rings"]
         create_rollout(kube, namespace, everything)
-        log_path = data_dir / "serve.log"
-        with log_path.open("w") as log:
-            process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", "0"],
-                                       env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
-            try:
-                wait_until_serving(process, port, log_path)
+        try:
+            with serving(environment, port, data_dir / "serve.log"):
                 run(environment, "flag", "set", "new-checkout", "--type", "boolean", "--variant", "on=true",
                     "--variant", "off=false", "--default", "off", "--rings", "default", "--ring", "canary=on")
                 yield World(environment, namespace, kube, local_cluster)
-            finally:
-                process.kill()
-                process.wait()
-                core.delete_namespace(namespace)
+        finally:
+            core.delete_namespace(namespace)
 
 
 def cli(world: World, *arguments: str) -> str:

@@ -10,9 +10,7 @@ driven by Playwright for Python; Playwright's own browser downloads are never us
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,12 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 
 from rollout.localcluster.cluster import LocalCluster
 from tests.test_andon_controller import line, start_rollouts
-from tests.test_cli import REPOSITORY, RINGMASTER, cli_token, free_port, run, wait_until_serving
+from tests.test_cli import (
+    cli_token,
+    free_port,
+    run,
+    serving,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 NAMES = ("web", "api", "shop")
@@ -47,23 +50,6 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM))
         yield launched
         launched.close()
-
-
-@contextmanager
-def serving(environment: dict[str, str], port: int, log_path: Path) -> Iterator[None]:
-    with log_path.open("w") as log:
-        process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", "0"],
-                                   env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
-        try:
-            wait_until_serving(process, port, log_path)
-            yield
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @pytest.fixture

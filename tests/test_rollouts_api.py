@@ -4,9 +4,7 @@ each test creates Rollouts and writes their status itself, then reads and steers
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +27,12 @@ from rollout.settings import ServiceSettings
 from tests.auth_helpers import authorized
 from tests.controller_harness import get_rollout, rollout
 from tests.test_api import assert_problem
-from tests.test_cli import REPOSITORY, RINGMASTER, cli_token, free_port, run, wait_until_serving
+from tests.test_cli import (
+    cli_environment,
+    free_port,
+    run,
+    serving,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 ACTOR = "ana@example.com"
@@ -343,22 +346,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, local_cluster: LocalCluster
            kube: client.ApiClient) -> Iterator[dict[str, str]]:
     data_dir = tmp_path_factory.mktemp("ringmaster-data")
     port = free_port()
-    environment = {**os.environ, "RINGMASTER_DATA_DIR": str(data_dir), "COLUMNS": "200",
-                   "RINGMASTER_SERVER": f"http://127.0.0.1:{port}",
-                   "RINGMASTER_KUBECONFIG": str(local_cluster.kubeconfig)}
-    environment.pop("RINGMASTER_DATABASE_URL", None)
-    run(environment, "db", "upgrade")
-    environment["RINGMASTER_TOKEN"] = cli_token(environment, "ana", "admin")
-    log_path = data_dir / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([*RINGMASTER, "serve", "--port", str(port), "--sync-port", "0"],
-                                   env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
-        try:
-            wait_until_serving(process, port, log_path)
-            yield environment
-        finally:
-            process.kill()
-            process.wait()
+    environment = cli_environment(data_dir, port, kubeconfig=local_cluster.kubeconfig)
+    with serving(environment, port, data_dir / "serve.log"):
+        yield environment
 
 
 def test_cli_lists_rollouts_as_a_table_and_as_json(
