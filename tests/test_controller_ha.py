@@ -61,7 +61,7 @@ def test_one_leader_writes_and_a_killed_leader_is_replaced_within_the_lease(
             # Liveness, not a timing figure (docs/controller.md has the measured hand-over): the standby
             # leads once the Lease expires, well before a resync or a restart would have helped.
             wait_for("the second controller to lead", lambda: lease_holder(api_client, namespace) == "second",
-                     LEASE_DURATION_S + 10, poll_s=0.05)
+                     LEASE_DURATION_S + 30, poll_s=0.05)
             wait_for("Succeeded", lambda: phase_of(api_client, namespace, "web") == "Succeeded", 90)
         assert min(sampler.total_ready()) >= 3
         assert max(sampler.total_replicas()) <= 4

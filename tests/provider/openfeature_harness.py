@@ -73,7 +73,7 @@ class App:
     def status(self) -> ProviderStatus:
         return self.client.get_provider_status()
 
-    def wait_for_status(self, status: ProviderStatus, timeout_s: float = 5.0) -> None:
+    def wait_for_status(self, status: ProviderStatus, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
         while self.status() != status:
             assert time.monotonic() < deadline, (
