@@ -28,6 +28,9 @@ DATA_DIR_ENV = "RINGMASTER_DATA_DIR"
 DATABASE_URL_ENV = "RINGMASTER_DATABASE_URL"
 DEFAULT_DATA_DIR = Path(".ringmaster")
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+# The largest value an Integer column (versions, ids) holds on PostgreSQL; SQLite's hold 64 bits. A number
+# past it in a request can name nothing stored, and sent to the database it would fail, not find nothing.
+MAX_INTEGER = 2**31 - 1
 
 # Every constraint gets a predictable name, so later migrations can drop or alter it by name
 # on both databases (SQLite batch mode cannot alter an unnamed constraint).

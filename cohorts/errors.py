@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 
 class CohortError(Exception):
@@ -18,6 +22,52 @@ class SpecProblem:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+
+UNKNOWN: Any = object()  # the data a location is in, when it is not at hand
+
+
+def field_path(location: Sequence[int | str], data: Any = UNKNOWN, *, missing: bool = False) -> str:
+    """('rules', 0, 'when', 'AttributeCondition', 'value') -> 'rules[0].when.value'.
+
+    pydantic's locations hold the tags of union members ('AttributeCondition', 'str', 'list[str]') among the
+    fields. Walking the `data` the location points into tells them apart: a name is a field where the data has
+    it, or where an error says it is `missing`. Without the data, names that start with a capital letter or
+    'function-' are taken for tags (the fields of Ringmaster's own models never do).
+    """
+    path = ""
+    node = data
+    for index, part in enumerate(location):
+        if isinstance(part, int):
+            path += f"[{part}]"
+            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else UNKNOWN
+            continue
+        if node is UNKNOWN:
+            is_field = not (part[:1].isupper() or part.startswith("function-"))
+        else:
+            is_field = isinstance(node, dict) and (part in node or (missing and index == len(location) - 1))
+        if is_field:
+            path += f".{part}" if path else part
+            node = node.get(part, UNKNOWN) if isinstance(node, dict) else UNKNOWN
+    return path
+
+
+def spec_problems(error: ValidationError, document: str, docs: str, data: Any = UNKNOWN) -> list[SpecProblem]:
+    """pydantic's complaints about a `document` (e.g. 'cohort set') as SpecProblems, one per field at fault;
+    a field the document does not have points at `docs`, the page that lists those it has. `data`: what was
+    validated, which tells fields from pydantic's tags."""
+    problems: dict[str, SpecProblem] = {}
+    for item in error.errors():
+        field = field_path(item["loc"], data, missing=item["type"] == "missing") or document
+        if item["type"] == "extra_forbidden":
+            message = f"is not a field of a {document}; {docs} lists them"
+        elif item["type"] == "missing":
+            message = "is required"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        # A value refused by every member of a union is reported by each; say it once.
+        problems.setdefault(field, SpecProblem(field, message))
+    return list(problems.values())
 
 
 class InvalidCohortSet(CohortError):

@@ -11,10 +11,11 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from cohorts.errors import InvalidCohortSet, SpecProblem
+from cohorts.errors import InvalidCohortSet, SpecProblem, spec_problems
+from cohorts.nesting import shallow
 from cohorts.semantic_versions import SEMVER_OPERATORS, parse_version
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -180,6 +181,9 @@ class Rule(_Model):
     when: Condition
     description: str = ""
 
+    # Compiling and evaluating conditions recurse; refuse absurd nesting before it is even validated.
+    _not_too_deep = field_validator("when", mode="before")(lambda cls, value: shallow(value))
+
 
 class Rotation(_Model):
     """The rotating rings are drawn again every period, so a different slice of users is in them."""
@@ -332,8 +336,12 @@ def _split_problems(split: Split, rings: set[str]) -> list[SpecProblem]:
 
 
 def parse_cohort_set(document: Any) -> CohortSetSpec:
-    """Validate a cohort set given as JSON data; raises pydantic's ValidationError or InvalidCohortSet."""
-    return check_cohort_set(CohortSetSpec.model_validate(document))
+    """Validate a cohort set given as JSON data; raises InvalidCohortSet naming every field at fault."""
+    try:
+        spec = CohortSetSpec.model_validate(document)
+    except ValidationError as error:
+        raise InvalidCohortSet(spec_problems(error, "cohort set", "docs/cohorts.md", document)) from None
+    return check_cohort_set(spec)
 
 
 def default_cohort_set() -> CohortSetSpec:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from cohorts.errors import InvalidUsage, SpecProblem
+from cohorts.nesting import shallow
 from cohorts.spec import METRIC_PATTERN
 
 MAX_BATCH_ROWS = 10_000
@@ -96,6 +97,9 @@ class UsageRecord(BaseModel):
                 "and check the sending system's clock"
             )
         return value.astimezone(UTC)
+
+    # Checked before pydantic walks them: it would report each of a thousand levels in the field's path.
+    _attributes_not_too_deep = field_validator("attributes", mode="before")(lambda cls, value: shallow(value))
 
     @field_validator("attributes")
     @classmethod

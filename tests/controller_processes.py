@@ -17,12 +17,15 @@ LEASE_NAME = "ringmaster-controller"
 
 class ControllerProcess:
     def __init__(self, kubeconfig: Path, namespace: str, database_url: str, identity: str, log_dir: Path,
-                 *, kill_after_writes: int | None = None, lease_duration_s: float = 3.0) -> None:
+                 *, kill_after_writes: int | None = None, lease_duration_s: float = 3.0,
+                 prometheus_url: str | None = None) -> None:
         self.identity = identity
         environment = {**os.environ, "RINGMASTER_DATABASE_URL": database_url}
         environment.pop("RINGMASTER_FAULT_KILL_AFTER_WRITES", None)
         if kill_after_writes is not None:
             environment["RINGMASTER_FAULT_KILL_AFTER_WRITES"] = str(kill_after_writes)
+        if prometheus_url is not None:
+            environment["RINGMASTER_PROMETHEUS_URL"] = prometheus_url
         self.log_path = log_dir / f"controller-{identity}-{os.urandom(3).hex()}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(

@@ -21,6 +21,7 @@ from kubernetes import client
 
 from rollout.controller.reactor import STATEFULSETS, Informer, ResourceKind
 from rollout.localcluster.cluster import LocalCluster
+from tests.fake_api import Answer, FakeApi, Received
 from tests.polling import eventually
 
 CONFIGMAPS = ResourceKind("", "v1", "configmaps")
@@ -396,3 +397,24 @@ def test_stop_ends_an_idle_watch_promptly(api: client.ApiClient, namespace: str)
 def test_a_client_timeout_shorter_than_the_watch_is_refused() -> None:
     with pytest.raises(ValueError, match="must be longer than watch_timeout_s"):
         Informer(None, CONFIGMAPS, Recorder(), watch_timeout_s=300, request_timeout_s=60)
+
+
+def test_a_server_that_expires_every_watch_is_listed_again_with_backoff_not_in_a_tight_loop() -> None:
+    expired = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                           "reason": "Expired", "message": "too old resource version", "code": 410}}
+
+    def answer(request: Received) -> Answer:
+        if request.watch:
+            return Answer(200, [expired])
+        return Answer(200, {"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+                            "items": []})
+
+    with FakeApi(answer) as fake, fake.api_client() as api_client:
+        informer = Informer(api_client, CONFIGMAPS, Recorder(), namespace="prod")
+        with running(informer):
+            time.sleep(2.5)
+    lists = [request for request in fake.received if not request.watch]
+    # The first 410 relists at once, the next ones wait 0.25-0.5 s, 0.5-1 s, 1-2 s: at most 5 lists in 2.5 s,
+    # where listing again at once every time made hundreds.
+    assert 3 <= len(lists) <= 6, f"{len(lists)} lists in 2.5 s"
+    assert informer.stats.relists_after_gone >= 2

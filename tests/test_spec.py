@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from cohorts.errors import InvalidCohortSet
 from cohorts.spec import default_cohort_set, parse_cohort_set, parse_duration_s
@@ -101,10 +100,9 @@ def test_duplicate_rings_and_rule_names_are_refused() -> None:
     ],
 )
 def test_bad_conditions_are_refused_with_the_fix(condition: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(ValidationError) as raised:
-        parse_cohort_set({"name": "web", "rules": [{"name": "r", "ring": "canary", "when": condition}]})
-    assert fragment in str(raised.value)
-    assert raised.value.errors()[0]["loc"][:3] == ("rules", 0, "when")
+    problems = problems_of({"name": "web", "rules": [{"name": "r", "ring": "canary", "when": condition}]})
+    assert any(field.startswith("rules[0].when") and fragment in message for field, message in problems.items()), \
+        problems
 
 
 def test_nested_conditions_parse() -> None:

@@ -10,19 +10,22 @@ cord either, halts everything by itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from sqlalchemy.exc import SQLAlchemyError
 
+from cohorts.db import MAX_INTEGER
 from rollout.andon.announce import Announcer
 from rollout.andon.scope import MAX_REASON, MIN_REASON, Scope
 from rollout.andon.store import AlreadyReleased, AndonEvent, AndonStore, Pull, PullNotFound, SamePerson, Via
-from rollout.api.auth import Puller, Reader, Releaser
-from rollout.api.problems import ApiProblem
+from rollout.api.auth import READ_PROBLEMS, WRITE_PROBLEMS, Credentials, Principal, Reader, Role, require
+from rollout.api.problems import ApiProblem, problems
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/andon", tags=["andon"])
@@ -40,7 +43,7 @@ class PullBody(_View):
 
 
 class ReleaseBody(_View):
-    id: int = Field(description="the pull to release")
+    id: int = Field(ge=1, le=MAX_INTEGER, description="the pull to release")
     reason: str = Field(min_length=MIN_REASON, max_length=MAX_REASON, description="why the line may go on")
 
 
@@ -81,6 +84,9 @@ class EventView(_View):
 
 class HistoryView(_View):
     items: list[EventView]
+
+
+NO_DATABASE = problems(503, s503="the database does not answer; nothing was recorded")
 
 
 def pull_view(pull: Pull) -> PullView:
@@ -135,9 +141,27 @@ def _unavailable(error: SQLAlchemyError) -> ApiProblem:
                       "database is back")
 
 
+def _guard(role: Role) -> Callable[[Request, HTTPAuthorizationCredentials | None], Principal]:
+    """`require(role)`, except that a token that cannot be checked for want of the database is answered like a pull
+    that cannot be recorded: whoever pulls learns that the controller halts everything by itself meanwhile."""
+    authorized = require(role)
+
+    def guarded(request: Request, credentials: Credentials) -> Principal:
+        try:
+            return authorized(request, credentials)
+        except SQLAlchemyError as error:
+            raise _unavailable(error) from error
+
+    return guarded
+
+
+CordPuller = Annotated[Principal, Depends(_guard("puller"))]
+CordReleaser = Annotated[Principal, Depends(_guard("releaser"))]
+
+
 @router.post("/pull", status_code=201, response_model=PullView, response_model_by_alias=True,
-             summary="Pull the andon cord: halt every rollout in scope")
-def pull(request: Request, body: PullBody, principal: Puller) -> PullView:
+             summary="Pull the andon cord: halt every rollout in scope", responses={**WRITE_PROBLEMS, **NO_DATABASE})
+def pull(request: Request, body: PullBody, principal: CordPuller) -> PullView:
     try:
         pulled = _store(request).pull(body.scope, body.reason, principal.name, _via(request))
     except SQLAlchemyError as error:
@@ -148,8 +172,11 @@ def pull(request: Request, body: PullBody, principal: Puller) -> PullView:
 
 
 @router.post("/release", response_model=PullView, response_model_by_alias=True,
-             summary="Release a pull: the rollouts it halted go on where they stopped")
-def release(request: Request, body: ReleaseBody, principal: Releaser) -> PullView:
+             summary="Release a pull: the rollouts it halted go on where they stopped",
+             responses={**WRITE_PROBLEMS, **NO_DATABASE, **problems(
+                 403, 404, 409, s404="no such pull", s409="the pull is already released",
+                 s403="the token's role is below releaser, or (RINGMASTER_ANDON_RELEASE_BY_OTHER) it made the pull")})
+def release(request: Request, body: ReleaseBody, principal: CordReleaser) -> PullView:
     by_other: bool = request.app.state.settings.andon_release_by_other
     try:
         released = _store(request).release(body.id, body.reason, principal.name, _via(request),
@@ -167,14 +194,16 @@ def release(request: Request, body: ReleaseBody, principal: Releaser) -> PullVie
     return pull_view(released)
 
 
-@router.get("", response_model=CordView, response_model_by_alias=True, summary="The active pulls")
+@router.get("", response_model=CordView, response_model_by_alias=True, summary="The active pulls",
+            responses={**READ_PROBLEMS, **NO_DATABASE})
 def cord(request: Request, _: Reader) -> CordView:
     active = active_pulls(request)
     return CordView(pulled=bool(active), active=[pull_view(item) for item in active])
 
 
 @router.get("/history", response_model=HistoryView, response_model_by_alias=True,
-            summary="Every pull and release, newest first (the record is append-only)")
+            summary="Every pull and release, newest first (the record is append-only)",
+            responses={**READ_PROBLEMS, **NO_DATABASE})
 def history(request: Request, _: Reader,
             limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> HistoryView:
     return HistoryView(items=[event_view(event) for event in recorded_events(request, limit)])

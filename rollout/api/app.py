@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import text
@@ -18,8 +22,11 @@ from cohorts.store import CohortStore
 from rollout.andon.metrics import AndonCollector
 from rollout.andon.store import AndonStore
 from rollout.api import andon, cohorts, dashboard, flagd, flags, ofrep, rollouts
+from rollout.api.access_log import ACCESS_LOGGER, WithoutQueryString
 from rollout.api.auth import install_auth_handlers
-from rollout.api.problems import install_problem_handlers, problem
+from rollout.api.limits import BodyLimits, install_body_limits
+from rollout.api.problems import install_problem_handlers, install_problem_schema, problem, problems
+from rollout.api.ratelimit import AuthFailures, install_auth_failure_limit
 from rollout.api.sync import SyncServer
 from rollout.auth.tokens import TokenStore
 from rollout.flags.document import compile_flags
@@ -27,6 +34,12 @@ from rollout.flags.publisher import FlagPublisher
 from rollout.flags.store import FlagStore
 from rollout.settings import ServiceSettings
 from rollout.slack import app as slack
+
+# HOST:PORT of the flagd sync service the workers of `ringmaster serve --workers N` share; empty: none.
+WORKERS_SYNC_ADDRESS_ENV = "RINGMASTER_WORKERS_SYNC_ADDRESS"
+CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "Flagd-Selector")
+CORS_RESPONSE_HEADERS = ("ETag", "Location", "Retry-After", "WWW-Authenticate")
 
 
 class ServiceMetrics:
@@ -54,7 +67,8 @@ class ServiceMetrics:
         )
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """The service; `clock` (monotonic seconds) times the limit on failed authentications."""
     chosen = settings or ServiceSettings.from_environment()
 
     @asynccontextmanager
@@ -80,7 +94,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.slack = slack_connection = slack.SlackConnection(chosen, andon_store)
         app.state.andon_announcer = slack_connection.announcer
         publisher.start()
-        sync_server = None if chosen.sync_port is None else SyncServer(publisher, chosen.sync_host, chosen.sync_port)
+        # uvicorn configures its loggers before the app starts, so its access log is filtered from here.
+        access_filter = WithoutQueryString()
+        logging.getLogger(ACCESS_LOGGER).addFilter(access_filter)
+        sync_server = None if chosen.sync_port is None else SyncServer(
+            publisher, chosen.sync_host, chosen.sync_port, shared_port=chosen.sync_shared_port)
         try:
             if sync_server is not None:
                 app.state.sync_port = sync_server.start()
@@ -89,6 +107,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if sync_server is not None:
                 sync_server.stop()
             publisher.stop()
+            logging.getLogger(ACCESS_LOGGER).removeFilter(access_filter)
             kubernetes.close()
             slack_connection.close()
             metrics.registry.unregister(cord_metrics)
@@ -104,6 +123,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = chosen
     app.state.metrics = ServiceMetrics()
     install_problem_handlers(app)
+    install_problem_schema(app)
     install_auth_handlers(app)
     app.include_router(cohorts.router)
     app.include_router(flags.router)
@@ -113,6 +133,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(rollouts.router)
     app.include_router(andon.router)
     app.include_router(dashboard.router)
+    # Middleware added later wraps what was added before: from the outside in, CORS, measure (below), the
+    # limit on failed authentications, then the body limits.
+    install_body_limits(app, BodyLimits.from_settings(chosen))
+    install_auth_failure_limit(app, AuthFailures(chosen.auth_failure_limit, chosen.auth_failure_window_s, clock))
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -126,12 +150,20 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
         return response
 
+    if chosen.cors_origins:
+        # Closed unless origins are listed: browsers then let exactly those pages' scripts call the API with a
+        # bearer token they hold (no cookies, so no credentials mode).
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(chosen.cors_origins), allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_REQUEST_HEADERS), expose_headers=list(CORS_RESPONSE_HEADERS),
+        )
+
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         """The process is up and serving."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "the database is unreachable or behind"}})
+    @app.get("/readyz", tags=["health"], responses=problems(503, s503="the database is unreachable or behind"))
     def readyz(request: Request) -> Response:
         """The database answers and its schema is at the revision this build expects."""
         try:
@@ -159,3 +191,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of each process of `ringmaster serve --workers N`.
+
+    uvicorn starts every worker by importing this factory by name, so nothing can be handed over but the
+    environment: the RINGMASTER_* settings as always, and the sync service's address, which the workers
+    share (SO_REUSEPORT), in RINGMASTER_WORKERS_SYNC_ADDRESS.
+    """
+    settings = ServiceSettings.from_environment()
+    address = os.environ.get(WORKERS_SYNC_ADDRESS_ENV, "")
+    if address:
+        host, port = address.rsplit(":", 1)
+        settings = replace(settings, sync_host=host, sync_port=int(port), sync_shared_port=True)
+    return create_app(settings)

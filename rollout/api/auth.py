@@ -16,12 +16,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from rollout.api.problems import ApiProblem, problem
+from rollout.api.problems import ApiProblem, problem, problems
 from rollout.auth.tokens import ANONYMOUS, ROLES, Principal, Role, TokenStore, allows
 from rollout.settings import ServiceSettings
 
-__all__ = ["ANONYMOUS", "Admin", "Principal", "Puller", "Reader", "Releaser", "Role", "Unauthenticated", "Viewer",
-           "install_auth_handlers", "reader", "require"]
+__all__ = ["ANONYMOUS", "READ_PROBLEMS", "WRITE_PROBLEMS", "Admin", "Principal", "Puller", "Reader", "Releaser", "Role",
+           "Unauthenticated", "Viewer", "install_auth_handlers", "reader", "require"]
 
 REALM = 'Bearer realm="ringmaster"'
 bearer = HTTPBearer(
@@ -30,6 +30,12 @@ bearer = HTTPBearer(
                 "`Authorization: Bearer <token>`.",
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+# What the guards answer, for the routes' OpenAPI `responses`: a read refuses only a bad (or, when reads are
+# closed, a missing) token; every role may read, so a read is never 403.
+READ_PROBLEMS = problems(401, s401="a token was sent that is unknown, revoked or not `Bearer <token>`, or reads "
+                                   "need a token (RINGMASTER_READS_REQUIRE_TOKEN) and none was sent")
+WRITE_PROBLEMS = problems(401, 403)
 
 
 class Unauthenticated(ApiProblem):

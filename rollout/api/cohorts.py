@@ -15,14 +15,15 @@ from pydantic.alias_generators import to_camel
 
 from cohorts.assign import CompiledCohortSet, assign
 from cohorts.cache import CompiledSetCache
+from cohorts.db import MAX_INTEGER
 from cohorts.estimate import ShareEstimate, estimate_shares
 from cohorts.flagd import flagd_document
 from cohorts.rotation import epoch_at
 from cohorts.spec import CohortSetSpec
 from cohorts.store import AuditRecord, CohortStore, StoredCohortSet
 from cohorts.usage import UsageBatch
-from rollout.api.auth import Admin, reader
-from rollout.api.problems import ApiProblem
+from rollout.api.auth import READ_PROBLEMS, WRITE_PROBLEMS, Admin, reader
+from rollout.api.problems import ApiProblem, problems
 from rollout.api.versions import expected_version, versioned_response
 
 router = APIRouter(prefix="/api/v1", tags=["cohorts"])
@@ -118,13 +119,17 @@ def _versioned(stored: StoredCohortSet, status_code: int = 200, location: str | 
     return versioned_response(_view(stored), stored.version, status_code, location)
 
 
-@router.get("/cohort-sets", response_model=CohortSetList, response_model_by_alias=True, dependencies=[Depends(reader)])
+NO_SET = problems(404, s404="no such cohort set, or no such version of it")
+
+
+@router.get("/cohort-sets", response_model=CohortSetList, response_model_by_alias=True, responses=READ_PROBLEMS,
+            dependencies=[Depends(reader)])
 def list_cohort_sets(request: Request) -> CohortSetList:
     return CohortSetList(items=[_view(stored) for stored in _store(request).list_sets()])
 
 
 @router.post("/cohort-sets", status_code=status.HTTP_201_CREATED, response_model=CohortSetView,
-             responses={409: {"description": "a cohort set of that name exists"}})
+             responses={**WRITE_PROBLEMS, **problems(409, s409="a cohort set of that name exists")})
 def create_cohort_set(
     request: Request,
     spec: CohortSetSpec,
@@ -135,15 +140,14 @@ def create_cohort_set(
     return _versioned(stored, 201, f"/api/v1/cohort-sets/{stored.name}")
 
 
-@router.get("/cohort-sets/{name}", response_model=CohortSetView, dependencies=[Depends(reader)])
-def get_cohort_set(
-    request: Request, name: str, version: Annotated[int | None, Query(ge=1)] = None
-) -> JSONResponse:
+@router.get("/cohort-sets/{name}", response_model=CohortSetView, responses={**READ_PROBLEMS, **NO_SET},
+            dependencies=[Depends(reader)])
+def get_cohort_set(request: Request, name: str, version: VersionQuery = None) -> JSONResponse:
     return _versioned(_store(request).get_set(name, version))
 
 
 @router.put("/cohort-sets/{name}", response_model=CohortSetView,
-            responses={412: {"description": "If-Match names a version that is no longer current"}})
+            responses={**WRITE_PROBLEMS, **NO_SET, **problems(400, 412)})
 def update_cohort_set(
     request: Request,
     name: str,
@@ -162,13 +166,14 @@ def update_cohort_set(
     return _versioned(stored)
 
 
-@router.get("/cohort-sets/{name}/versions", response_model=CohortSetList, dependencies=[Depends(reader)])
+@router.get("/cohort-sets/{name}/versions", response_model=CohortSetList, responses={**READ_PROBLEMS, **NO_SET},
+            dependencies=[Depends(reader)])
 def list_versions(request: Request, name: str) -> CohortSetList:
     return CohortSetList(items=[_view(stored) for stored in _store(request).list_versions(name)])
 
 
 @router.get("/cohort-sets/{name}/opt", response_model=OptList, response_model_by_alias=True,
-            dependencies=[Depends(reader)])
+            responses={**READ_PROBLEMS, **NO_SET}, dependencies=[Depends(reader)])
 def list_opt_choices(request: Request, name: str) -> OptList:
     choices = _store(request).opt_choices(name)
     return OptList(
@@ -177,7 +182,8 @@ def list_opt_choices(request: Request, name: str) -> OptList:
     )
 
 
-@router.put("/cohort-sets/{name}/opt/{targetingKey}", response_model=OptChoice)
+@router.put("/cohort-sets/{name}/opt/{targetingKey}", response_model=OptChoice,
+            responses={**WRITE_PROBLEMS, **NO_SET, **problems(409, s409="the cohort set has no ring for that choice")})
 def set_opt_choice(
     request: Request, name: str, targeting_key: TargetingKeyPath, choice: OptChoice, principal: Admin
 ) -> OptChoice:
@@ -185,7 +191,8 @@ def set_opt_choice(
     return choice
 
 
-@router.delete("/cohort-sets/{name}/opt/{targetingKey}", status_code=204)
+@router.delete("/cohort-sets/{name}/opt/{targetingKey}", status_code=204,
+               responses={**WRITE_PROBLEMS, **problems(404, s404="no such cohort set, or the key made no choice")})
 def clear_opt_choice(
     request: Request, name: str, targeting_key: TargetingKeyPath, principal: Admin
 ) -> Response:
@@ -195,7 +202,7 @@ def clear_opt_choice(
     return Response(status_code=204)
 
 
-@router.post("/usage", response_model=IngestResult, tags=["usage"])
+@router.post("/usage", response_model=IngestResult, tags=["usage"], responses=WRITE_PROBLEMS)
 def ingest_usage(
     request: Request,
     batch: Annotated[UsageBatch, Body(description="per-user aggregates; up to 10,000 rows, upserted")],
@@ -233,11 +240,12 @@ def _attributes(raw: str | None) -> dict[str, Any]:
 
 
 EpochQuery = Annotated[int | None, Query(ge=0, description="rotation epoch; defaults to the current one")]
-VersionQuery = Annotated[int | None, Query(ge=1, description="cohort set version; defaults to the current one")]
+VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_INTEGER,
+                                           description="cohort set version; defaults to the current one")]
 
 
 @router.get("/cohort-sets/{name}/explain", response_model=Explanation, response_model_by_alias=True,
-            dependencies=[Depends(reader)])
+            responses={**READ_PROBLEMS, **NO_SET}, dependencies=[Depends(reader)])
 def explain(
     request: Request,
     name: str,
@@ -269,7 +277,7 @@ def _estimate_view(estimate: ShareEstimate) -> Estimate:
 
 
 @router.get("/cohort-sets/{name}/estimate", response_model=Estimate, response_model_by_alias=True,
-            dependencies=[Depends(reader)])
+            responses={**READ_PROBLEMS, **NO_SET}, dependencies=[Depends(reader)])
 def estimate(
     request: Request,
     name: str,
@@ -288,7 +296,8 @@ def estimate(
 
 
 @router.get("/cohort-sets/{name}/flagd", responses={200: {"description": "a flagd flag-definition document"},
-                                                     304: {"description": "unchanged since If-None-Match"}},
+                                                     304: {"description": "unchanged since If-None-Match"},
+                                                     **READ_PROBLEMS, **NO_SET},
             dependencies=[Depends(reader)])
 def flagd(
     request: Request,
@@ -306,7 +315,7 @@ def flagd(
 
 
 @router.get("/audit", response_model=AuditList, response_model_by_alias=True, tags=["audit"],
-            dependencies=[Depends(reader)])
+            responses=READ_PROBLEMS, dependencies=[Depends(reader)])
 def audit_log(
     request: Request,
     subject: Annotated[str | None, Query(description="e.g. cohort-set/default or usage")] = None,

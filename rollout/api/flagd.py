@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
-from rollout.api.problems import problem
+from rollout.api.problems import problem, problems
 from rollout.flags.document import Selector, parse_selector
 from rollout.flags.publisher import FlagPublisher, Published, PublisherStopped
 
@@ -49,9 +49,13 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
+BAD_SELECTOR = problems(400, s400="a Flagd-Selector other than flagSetId=<set>")
+
+
 @router.get("/flags.json", responses={200: {"description": "the flagd flag-definition document"},
                                       304: {"description": "unchanged since If-None-Match"},
-                                      503: {"description": "no document could be compiled yet"}})
+                                      **BAD_SELECTOR,
+                                      **problems(503, s503="no document could be compiled yet")})
 def flags_json(
     request: Request,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
@@ -72,7 +76,7 @@ def flags_json(
 
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"description": "server-sent events, one `configuration` event per document",
-                             "content": {"text/event-stream": {}}}})
+                             "content": {"text/event-stream": {}}}, **BAD_SELECTOR})
 async def stream(request: Request, selector: SelectorHeader = None) -> StreamingResponse:
     """The current document, then each changed one, as server-sent events."""
     chosen = parse_selector(selector)

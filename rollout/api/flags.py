@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from rollout.api.auth import Admin, reader
+from rollout.api.auth import READ_PROBLEMS, WRITE_PROBLEMS, Admin, reader
 from rollout.api.cohorts import VersionQuery
-from rollout.api.problems import ApiProblem
+from rollout.api.problems import ApiProblem, problems
 from rollout.api.versions import expected_version, versioned_response
 from rollout.flags.publisher import FlagPublisher
 from rollout.flags.spec import FlagSpec, FlagState
@@ -65,26 +65,31 @@ def _versioned(stored: StoredFlag, status_code: int = 200, location: str | None 
     return versioned_response(_view(stored), stored.version, status_code, location)
 
 
-@router.get("/flags", response_model=FlagList, response_model_by_alias=True, dependencies=[Depends(reader)])
+NO_FLAG = problems(404, s404="no such flag, or no such version of it")
+CHANGE_PROBLEMS = {**WRITE_PROBLEMS, **NO_FLAG, **problems(400, 412)}
+
+
+@router.get("/flags", response_model=FlagList, response_model_by_alias=True, responses=READ_PROBLEMS,
+            dependencies=[Depends(reader)])
 def list_flags(request: Request) -> FlagList:
     return FlagList(items=[_view(stored) for stored in _store(request).list_flags()])
 
 
 @router.post("/flags", status_code=status.HTTP_201_CREATED, response_model=FlagView,
-             responses={409: {"description": "a flag with that key exists"}})
+             responses={**WRITE_PROBLEMS, **problems(409, s409="a flag with that key exists")})
 def create_flag(request: Request, spec: FlagSpec, principal: Admin, comment: CommentQuery = None) -> JSONResponse:
     stored = _store(request).create_flag(spec, principal.name, comment)
     _republish(request)
     return _versioned(stored, 201, f"/api/v1/flags/{stored.key}")
 
 
-@router.get("/flags/{key}", response_model=FlagView, dependencies=[Depends(reader)])
+@router.get("/flags/{key}", response_model=FlagView, responses={**READ_PROBLEMS, **NO_FLAG},
+            dependencies=[Depends(reader)])
 def get_flag(request: Request, key: str, version: VersionQuery = None) -> JSONResponse:
     return _versioned(_store(request).get_flag(key, version))
 
 
-@router.put("/flags/{key}", response_model=FlagView,
-            responses={412: {"description": "If-Match names a version that is no longer current"}})
+@router.put("/flags/{key}", response_model=FlagView, responses=CHANGE_PROBLEMS)
 def update_flag(request: Request, key: str, spec: FlagSpec, principal: Admin, if_match: IfMatchHeader = None,
                 comment: CommentQuery = None) -> JSONResponse:
     if spec.key != key:
@@ -98,7 +103,8 @@ def update_flag(request: Request, key: str, spec: FlagSpec, principal: Admin, if
     return _versioned(stored)
 
 
-@router.get("/flags/{key}/versions", response_model=FlagList, dependencies=[Depends(reader)])
+@router.get("/flags/{key}/versions", response_model=FlagList, responses={**READ_PROBLEMS, **NO_FLAG},
+            dependencies=[Depends(reader)])
 def list_versions(request: Request, key: str) -> FlagList:
     return FlagList(items=[_view(stored) for stored in _store(request).list_versions(key)])
 
@@ -110,16 +116,14 @@ def _set_state(request: Request, key: str, state: FlagState, actor: str, if_matc
     return _versioned(stored)
 
 
-@router.post("/flags/{key}/enable", response_model=FlagView,
-             responses={412: {"description": "If-Match names a version that is no longer current"}})
+@router.post("/flags/{key}/enable", response_model=FlagView, responses=CHANGE_PROBLEMS)
 def enable_flag(request: Request, key: str, principal: Admin, if_match: IfMatchHeader = None,
                 comment: CommentQuery = None) -> JSONResponse:
     """Serve the flag's variants again; a new version unless it is enabled already."""
     return _set_state(request, key, "ENABLED", principal.name, if_match, comment)
 
 
-@router.post("/flags/{key}/disable", response_model=FlagView,
-             responses={412: {"description": "If-Match names a version that is no longer current"}})
+@router.post("/flags/{key}/disable", response_model=FlagView, responses=CHANGE_PROBLEMS)
 def disable_flag(request: Request, key: str, principal: Admin, if_match: IfMatchHeader = None,
                  comment: CommentQuery = None) -> JSONResponse:
     """Turn the flag off: every evaluator answers DISABLED and apps use their code default."""

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from ringmaster_flagd.errors import DocumentError
 from ringmaster_flagd.evaluator import Evaluator, Resolution
 
@@ -40,6 +41,36 @@ SelectorHeader = Annotated[
 ]
 IfNoneMatchHeader = Annotated[str | None, Header(alias="If-None-Match")]
 EXAMPLE_BODY = '{"context": {"targetingKey": "user-1"}}'
+
+
+class OfrepError(BaseModel):
+    """OFREP's error answer (not a problem document: OFREP providers read `errorCode`)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    key: str | None = Field(default=None, description="the flag, in a single evaluation's answer")
+    error_code: str = Field(alias="errorCode", description="INVALID_CONTEXT, TARGETING_KEY_MISSING, PARSE_ERROR, "
+                                                           "GENERAL or FLAG_NOT_FOUND")
+    error_details: str = Field(alias="errorDetails")
+    metadata: dict[str, Any] | None = Field(default=None, description="the flag's metadata, when it exists")
+
+
+class OfrepUnavailable(BaseModel):
+    """OFREP's general error: no flag document has been compiled yet."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    error_details: str = Field(alias="errorDetails")
+
+
+# The body is read by hand (OFREP answers a bad one in its own form), so its schema is declared here.
+CONTEXT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["context"],
+    "properties": {"context": {"type": "object", "required": ["targetingKey"], "description": "the evaluation context",
+                               "properties": {"targetingKey": {"type": "string", "minLength": 1}}}},
+}}}}}
+NO_DOCUMENT: dict[int | str, dict[str, Any]] = {
+    500: {"model": OfrepUnavailable, "description": "no flag document has been compiled yet"}}
 
 
 class Refusal(Exception):
@@ -140,8 +171,10 @@ def _unavailable(publisher_error: str | None) -> JSONResponse:
                         status_code=500)
 
 
-@router.post("/evaluate/flags/{key}", responses={400: {"description": "invalid context, or the flag failed"},
-                                                 404: {"description": "no such flag"}})
+@router.post("/evaluate/flags/{key}", responses={400: {"model": OfrepError,
+                                                      "description": "invalid context, or the flag failed"},
+                                                 404: {"model": OfrepError, "description": "no such flag"},
+                                                 **NO_DOCUMENT}, openapi_extra=CONTEXT_BODY)
 async def evaluate_flag(request: Request, key: str, selector: SelectorHeader = None) -> JSONResponse:
     """Evaluate one flag for the context in the body."""
     ofrep = _ofrep_evaluator(request)
@@ -171,7 +204,8 @@ def _within(selector: Selector) -> str:
 
 
 @router.post("/evaluate/flags", responses={304: {"description": "the answer is unchanged since If-None-Match"},
-                                           400: {"description": "invalid context"}})
+                                           400: {"model": OfrepError, "description": "invalid context"},
+                                           **NO_DOCUMENT}, openapi_extra=CONTEXT_BODY)
 async def evaluate_flags(request: Request, if_none_match: IfNoneMatchHeader = None,
                          selector: SelectorHeader = None) -> Response:
     """Evaluate every flag for the context in the body; the ETag covers the whole answer."""

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import urllib3
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParameter
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,8 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cohorts.errors import CohortError
 from cohorts.store import CohortStore
-from rollout.api.auth import Admin, reader
-from rollout.api.problems import ApiProblem
+from rollout.api.auth import READ_PROBLEMS, WRITE_PROBLEMS, Admin, reader
+from rollout.api.problems import ApiProblem, problems
 from rollout.controller.history import GateResultEntry, GateResults, HistoryEntry, RolloutHistory
 from rollout.controller.observed import REQUEST_ANNOTATION
 from rollout.controller.spec import GROUP, KIND, PLURAL, VERSION
@@ -47,8 +48,21 @@ COMPONENT = "ringmaster-api"
 REQUEST_TIMEOUT_S = 10.0
 NOT_CONFIGURED_TITLE = "Kubernetes is not configured"
 
-NamespaceQuery = Annotated[str | None, Query(max_length=63, description="only this namespace; default every one")]
+# Kubernetes' names: a namespace is a DNS label, a Rollout's name a DNS subdomain. Anything else names no
+# Rollout, and sent on to the API server it would be refused there (a 502 here), not found.
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+NamespaceQuery = Annotated[str | None, Query(max_length=63, pattern=NAMESPACE_PATTERN,
+                                             description="only this namespace; default every one")]
+NamespacePath = Annotated[str, PathParameter(max_length=63, pattern=NAMESPACE_PATTERN,
+                                             description="the Rollout's namespace")]
+NamePath = Annotated[str, PathParameter(max_length=253, pattern=OBJECT_NAME_PATTERN, description="the Rollout's name")]
 MeasurementLimitQuery = Annotated[int, Query(ge=1, le=5000, description="the latest this many measurements")]
+KUBERNETES_PROBLEMS = problems(
+    502, 503, s502="the Kubernetes API server refused the request (e.g. Ringmaster lacks RBAC)",
+    s503="no Kubernetes configured (kubernetes-not-configured), the API server unreachable (kubernetes-unreachable) "
+         "or without the Rollout CRD (crd-not-installed)")
+NO_ROLLOUT = problems(404, s404="no such Rollout")
 
 
 class Kubernetes:
@@ -372,7 +386,7 @@ def _record_event(api_client: client.ApiClient, rollout: Mapping[str, Any], acti
         log.warning("%s/%s: event %s not recorded: %s", metadata["namespace"], metadata["name"], message, error)
 
 
-@router.get("/rollouts", response_model=RolloutList, responses={503: {"description": "no Kubernetes to ask"}},
+@router.get("/rollouts", response_model=RolloutList, responses={**READ_PROBLEMS, **KUBERNETES_PROBLEMS},
             dependencies=[Depends(reader)])
 def list_rollouts(request: Request, namespace: NamespaceQuery = None) -> RolloutList:
     """Every Rollout (of one namespace), with its phase, ring and ready replicas."""
@@ -382,9 +396,8 @@ def list_rollouts(request: Request, namespace: NamespaceQuery = None) -> Rollout
 
 
 @router.get("/rollouts/{namespace}/{name}", response_model=RolloutDetail,
-            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}},
-            dependencies=[Depends(reader)])
-def get_rollout(request: Request, namespace: str, name: str) -> RolloutDetail:
+            responses={**READ_PROBLEMS, **NO_ROLLOUT, **KUBERNETES_PROBLEMS}, dependencies=[Depends(reader)])
+def get_rollout(request: Request, namespace: NamespacePath, name: NamePath) -> RolloutDetail:
     """One Rollout: the summary, its spec and status, and its transitions kept in the database."""
     found = _read(_api_client(request), namespace, name)
     metadata = found.get("metadata") or {}
@@ -399,9 +412,9 @@ def get_rollout(request: Request, namespace: str, name: str) -> RolloutDetail:
 
 
 @router.get("/rollouts/{namespace}/{name}/gates", response_model=RolloutGates,
-            responses={404: {"description": "no such Rollout"}, 503: {"description": "no Kubernetes to ask"}},
-            dependencies=[Depends(reader)])
-def get_rollout_gates(request: Request, namespace: str, name: str, limit: MeasurementLimitQuery = 500) -> RolloutGates:
+            responses={**READ_PROBLEMS, **NO_ROLLOUT, **KUBERNETES_PROBLEMS}, dependencies=[Depends(reader)])
+def get_rollout_gates(request: Request, namespace: NamespacePath, name: NamePath,
+                      limit: MeasurementLimitQuery = 500) -> RolloutGates:
     """A Rollout's gates: where each gate of the ring being baked stands, and their measurements kept in the
     database."""
     found = _read(_api_client(request), namespace, name)
@@ -414,10 +427,9 @@ def get_rollout_gates(request: Request, namespace: str, name: str, limit: Measur
 
 
 @router.post("/rollouts/{namespace}/{name}/{action}", status_code=202, response_model=ActionAccepted,
-             responses={404: {"description": "no such Rollout"},
-                        409: {"description": "the action cannot apply to the rollout's current status"},
-                        503: {"description": "no Kubernetes to ask"}})
-def act_on_rollout(request: Request, namespace: str, name: str, action: Action, principal: Admin,
+             responses={**WRITE_PROBLEMS, **NO_ROLLOUT, **KUBERNETES_PROBLEMS,
+                        **problems(409, s409="the action cannot apply to the rollout's current status")})
+def act_on_rollout(request: Request, namespace: NamespacePath, name: NamePath, action: Action, principal: Admin,
                    body: ActionBody | None = None) -> ActionAccepted:
     """Pause (spec.paused: true), resume (spec.paused: false and a `resume` request), or request a promote,
     abort or retry (the ringmaster.dev/request annotation); the controller acts on it at its next reconcile."""

@@ -93,10 +93,14 @@ class FlagSyncService(sync_pb2_grpc.FlagSyncServiceServicer):
 class SyncServer:
     """The sync service on its own thread and event loop, started and stopped from the outside."""
 
-    def __init__(self, publisher: FlagPublisher, host: str, port: int) -> None:
+    def __init__(self, publisher: FlagPublisher, host: str, port: int, *, shared_port: bool = False) -> None:
+        """`shared_port`: other processes (the workers of one `serve --workers N`) listen on the port too, and
+        the kernel spreads new streams over them."""
         self._publisher = publisher
         self._host = host
         self._requested_port = port
+        self._options = [(name, int(shared_port) if name == "grpc.so_reuseport" else value)
+                         for name, value in SERVER_OPTIONS]
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -135,7 +139,7 @@ class SyncServer:
             self._ready.set()
 
     async def _serve(self) -> None:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=self._options)
         sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(FlagSyncService(self._publisher), server)
         self.port = server.add_insecure_port(f"{self._host}:{self._requested_port}")
         await server.start()

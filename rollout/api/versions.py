@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -22,7 +24,8 @@ def expected_version(if_match: str | None, resource: str) -> int | None:
     if if_match is None:
         return None
     text = if_match.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses, and a version has at most 10 digits.
+    if not re.fullmatch(r"[0-9]{1,10}", text):
         raise ApiProblem(
             400, "invalid-request", "The request is not valid",
             f"If-Match: {if_match!r} is not a {resource} version; send the ETag of a GET, e.g. '\"3\"'",

@@ -3,6 +3,8 @@
 Every Kubernetes write carries a precondition (the resourceVersion the plan read, or the uid), so a
 write planned on a stale view, or sent by a controller that lost the Lease, fails instead of undoing
 newer work. A failed write stops the plan; the reconcile is retried from freshly observed state.
+A write the API server answers with 429 or 503 and Retry-After is sent again after that wait, a few times,
+whatever its method (the client library does so only for GET, PUT and DELETE).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -45,10 +48,30 @@ COMPONENT = "ringmaster-controller"
 KILL_AFTER_WRITES_ENV = "RINGMASTER_FAULT_KILL_AFTER_WRITES"
 REQUEST_TIMEOUT_S = 10.0
 JSON_PATCH = "application/json-patch+json"
+# The answers with which the API server says it did not act on a request and when to send it again, as urllib3
+# (which retries GET, PUT and DELETE on them three times) reads them.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+RETRY_AFTER_ATTEMPTS = 3
+# A longer wait is not spent holding a worker: the error goes to the work queue, which retries with backoff.
+MAX_RETRY_AFTER_S = REQUEST_TIMEOUT_S
+
+T = TypeVar("T")
 
 
 class StaleWrite(Exception):
     """A precondition failed: what the plan was based on has changed, or this controller is not the leader."""
+
+
+def retry_after_s(error: ApiException) -> float | None:
+    """How long the API server asked to wait before sending the request again (429 or 503 with Retry-After in
+    seconds, the form it uses), or None when it did not ask."""
+    if error.status not in RETRY_AFTER_STATUSES or not error.headers:
+        return None
+    try:
+        seconds = float(error.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 class Executor:
@@ -61,6 +84,7 @@ class Executor:
         *,
         is_leader: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -70,6 +94,7 @@ class Executor:
         self.gate_results = gate_results
         self.is_leader = is_leader
         self.clock = clock
+        self.sleep = sleep
         self.writes = 0
         self.api_requests = 0
         self._counter_lock = threading.Lock()
@@ -79,6 +104,23 @@ class Executor:
     def _count_request(self) -> None:
         with self._counter_lock:  # several workers share one executor
             self.api_requests += 1
+
+    def _send(self, request: Callable[[], T]) -> T:
+        """Send one request; when the API server asks to send it again after a while, wait and do so, at most
+        RETRY_AFTER_ATTEMPTS times, still as the leader."""
+        waits = 0
+        while True:
+            self._count_request()
+            try:
+                return request()
+            except ApiException as error:
+                wait_s = retry_after_s(error)
+                if wait_s is None or wait_s > MAX_RETRY_AFTER_S or waits == RETRY_AFTER_ATTEMPTS:
+                    raise
+                log.info("the API server answered %s; sending the request again in %.1f s", error.status, wait_s)
+            waits += 1
+            self.sleep(wait_s)
+            self._fence()
 
     def _wrote(self) -> None:
         with self._counter_lock:
@@ -101,10 +143,9 @@ class Executor:
                          "resourceVersion": rollout.resource_version},
             "status": status.to_wire(),
         }
-        self._count_request()
         try:
-            written: dict[str, Any] = self.custom.replace_namespaced_custom_object_status(
-                GROUP, VERSION, rollout.namespace, PLURAL, rollout.name, body, _request_timeout=REQUEST_TIMEOUT_S)
+            written: dict[str, Any] = self._send(lambda: self.custom.replace_namespaced_custom_object_status(
+                GROUP, VERSION, rollout.namespace, PLURAL, rollout.name, body, _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as error:
             if error.status in (404, 409):
                 raise StaleWrite(f"status of {rollout.key}: {error.reason}") from error
@@ -133,10 +174,9 @@ class Executor:
         self._wrote()
 
     def _create(self, rollout: RolloutView, action: CreateStatefulSet) -> None:
-        self._count_request()
         try:
-            self.apps.create_namespaced_stateful_set(rollout.namespace, dict(action.manifest),
-                                                     _request_timeout=REQUEST_TIMEOUT_S)
+            self._send(lambda: self.apps.create_namespaced_stateful_set(
+                rollout.namespace, dict(action.manifest), _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as error:
             if error.status != 409:  # already there: an earlier attempt created it
                 raise
@@ -147,10 +187,9 @@ class Executor:
             {"op": "test", "path": "/metadata/resourceVersion", "value": action.resource_version},
             {"op": "replace", "path": "/spec/replicas", "value": action.replicas},
         ]
-        self._count_request()
         try:
-            self.apps.patch_namespaced_stateful_set(action.name, rollout.namespace, patch,
-                                                    _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT_S)
+            self._send(lambda: self.apps.patch_namespaced_stateful_set(
+                action.name, rollout.namespace, patch, _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as error:
             if error.status in (404, 409, 422):
                 raise StaleWrite(f"StatefulSet {action.name} changed since it was read") from error
@@ -162,10 +201,9 @@ class Executor:
             preconditions=client.V1Preconditions(uid=action.uid, resource_version=action.resource_version),
             propagation_policy="Background",
         )
-        self._count_request()
         try:
-            self.apps.delete_namespaced_stateful_set(action.name, rollout.namespace, body=options,
-                                                     _request_timeout=REQUEST_TIMEOUT_S)
+            self._send(lambda: self.apps.delete_namespaced_stateful_set(
+                action.name, rollout.namespace, body=options, _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as error:
             if error.status == 404:
                 return
@@ -206,9 +244,9 @@ class Executor:
             "reason": action.reason, "message": action.message[:1024], "type": action.type,
             "source": {"component": COMPONENT}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
-        self._count_request()
         try:
-            self.core.create_namespaced_event(rollout.namespace, event, _request_timeout=REQUEST_TIMEOUT_S)
+            self._send(lambda: self.core.create_namespaced_event(
+                rollout.namespace, event, _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as error:
             # An Event is a courtesy; the status and the database hold the record.
             log.warning("%s: event %s not recorded: %s", rollout.key, action.reason, error.reason)
@@ -233,11 +271,10 @@ class Executor:
     def _clear_request(self, rollout: RolloutView, action: ClearRequest) -> None:
         path = "/metadata/annotations/" + REQUEST_ANNOTATION.replace("~", "~0").replace("/", "~1")
         patch = [{"op": "test", "path": path, "value": action.value}, {"op": "remove", "path": path}]
-        self._count_request()
         try:
-            self.custom.patch_namespaced_custom_object(
+            self._send(lambda: self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, rollout.namespace, PLURAL, rollout.name, patch,
-                _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT_S)
+                _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as error:
             if error.status not in (404, 409, 422):  # already gone or replaced by a newer request
                 raise

@@ -4,8 +4,10 @@ the list's resourceVersion, keeps every object in a cache, and tells a handler w
 Level-triggered: the handler learns *that* an object changed (and, every resync, that it still exists)
 and the reconcile reads the cache; a lost event costs latency, never correctness. The informer survives
 everything the API does to a watch: a server that ends it (re-watch from the last resourceVersion, which
-bookmarks keep fresh), 410 Gone (relist; objects gone meanwhile are reported DELETED), and errors or an
-unreachable server (retry with capped, jittered exponential backoff, for as long as it runs).
+bookmarks keep fresh), 410 Gone (relist; objects gone meanwhile are reported DELETED; a 410 again before the
+new watch delivered anything waits like an error, so a server expiring every watch is not relisted in a tight
+loop), and errors or an unreachable server (retry with capped, jittered exponential backoff, for as long as it
+runs).
 
 Objects are the API's JSON as plain dicts. Threads: one per informer lists, watches and calls the handler;
 one replays the cache every resync. The handler is never called by both at once.
@@ -125,6 +127,8 @@ class Informer:
         self._stopping = threading.Event()
         self._resource_version: str | None = None
         self._failures = 0
+        # 410s in a row with nothing delivered between them: the second and later ones back off.
+        self._expirations = 0
         self._watch_response: urllib3.BaseHTTPResponse | None = None
         self._threads: list[threading.Thread] = []
 
@@ -183,9 +187,17 @@ class Informer:
                         expired = False
                 self._watch()
             except ResourceVersionExpired as error:
-                log.info("informer %s: %s; listing again", self.name, error)
                 self._resource_version = None
                 expired = True
+                self._expirations += 1
+                if self._expirations == 1:
+                    log.info("informer %s: %s; listing again", self.name, error)
+                    continue
+                # Expired again straight after a relist: listing at once would only repeat it, as fast as it can.
+                delay_s = self._backoff_s(self._expirations - 2)
+                log.warning("informer %s: %s again before the watch delivered anything; listing again in %.1f s",
+                            self.name, error, delay_s)
+                self._stopping.wait(delay_s)
             except Exception as error:  # the thread must outlive any failure, so the cache recovers
                 if self._stopping.is_set():
                     break
@@ -195,9 +207,14 @@ class Informer:
                 self._stopping.wait(delay_s)
 
     def _retry_delay_s(self) -> float:
-        # The exponent stops growing long after the cap is reached, so a long outage cannot overflow the float.
-        capped_s = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2.0 ** min(self._failures, 16))
+        delay_s = self._backoff_s(self._failures)
         self._failures += 1
+        return delay_s
+
+    @staticmethod
+    def _backoff_s(attempt: int) -> float:
+        # The exponent stops growing long after the cap is reached, so a long outage cannot overflow the float.
+        capped_s = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2.0 ** min(attempt, 16))
         # Jitter, so that informers cut off together do not all come back at the same instant.
         return random.uniform(capped_s / 2, capped_s)
 
@@ -262,6 +279,7 @@ class Informer:
                     return
                 if line.strip():
                     self._apply(json.loads(line))
+            self._expirations = 0  # the server served this watch to its end
         finally:
             self._watch_response = None
             response.close()
@@ -276,6 +294,7 @@ class Informer:
                 raise ResourceVersionExpired(f"the watch expired (410 Gone: {obj.get('message')})")
             raise ApiException(status=obj.get("code"), reason=f"watch error: {obj.get('message')}")
         resource_version = (obj.get("metadata") or {}).get("resourceVersion")
+        self._expirations = 0
         if event_type == "BOOKMARK":
             self.stats.bookmarks += 1
             if resource_version:

@@ -1,5 +1,5 @@
 """One reconcile of one Rollout: observe (caches and database) → measure the gates that are due
-(Prometheus) → plan (pure) → act (status first, then actions).
+(Prometheus) → plan (pure) → act (the measurements' records, the status, then the other actions).
 
 The informers' caches hold the Rollouts, StatefulSets and SLOGates; the database holds the cohort
 sets and the flags. After a status write the cache lags until the watch delivers the change, so the object the
@@ -118,16 +118,21 @@ class Reconciler:
         plan_started_s = time.perf_counter()
         decided: Plan = plan(rollout, observed, verdicts, andon, now)
         plan_s = time.perf_counter() - plan_started_s
+        # A measurement is a fact whatever becomes of the plan: it is recorded before the status that counts it, so a
+        # controller that dies in between loses none (it measures again, and number n keeps its first row).
+        measured = [action for action in decided.actions if isinstance(action, RecordGateResult)]
         try:
+            for recorded in measured:
+                self.executor.execute(rollout, recorded)
+                self.metrics.gate_recorded(recorded.measurement)
             if decided.status != rollout.status:
                 written = self.executor.write_status(rollout, decided.status)
                 with self._written_lock:
                     self._written[key] = (rollout.resource_version, written)
                 self.metrics.status_written(rollout.status, decided.status)
             for action in decided.actions:
-                self.executor.execute(rollout, action)
-                if isinstance(action, RecordGateResult):
-                    self.metrics.gate_recorded(action.measurement)
+                if not isinstance(action, RecordGateResult):
+                    self.executor.execute(rollout, action)
         finally:
             self.stats.sample(plan_s, time.perf_counter() - started_s)
         return decided.requeue_after_s

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from cohorts.errors import SpecProblem
+from cohorts.nesting import shallow
 from cohorts.spec import NAME_PATTERN, parse_duration_s
 from rollout.flags.spec import FLAG_KEY_PATTERN, VARIANT_PATTERN
 from rollout.gates.spec import GateUse
@@ -65,6 +66,7 @@ def _duration(value: str, *, allow_zero: bool) -> str:
 
 def _template(value: dict[str, Any]) -> dict[str, Any]:
     """A pod template as the StatefulSet will need it; the API server keeps whatever the schema lets through."""
+    shallow(value)  # the revision hashes its JSON, which recurses
     metadata = value.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be an object with labels and annotations")

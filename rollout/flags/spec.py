@@ -18,11 +18,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 from pydantic.alias_generators import to_camel
 
-from cohorts.errors import SpecProblem
+from cohorts.db import MAX_INTEGER
+from cohorts.errors import SpecProblem, spec_problems
 from cohorts.flagd import ring_flag_key
+from cohorts.nesting import Shallow
 from cohorts.spec import NAME_PATTERN
 from rollout.flags.errors import InvalidFlag
 from rollout.flags.targeting import references, result_literals, targeting_problems
@@ -69,7 +71,8 @@ class RingVariants(_Model):
 
     cohort_set: str = Field(pattern=NAME_PATTERN, description="the cohort set whose rings are mapped")
     version: int | None = Field(
-        default=None, ge=1, description="the cohort set version rings are evaluated with; none means the current one"
+        default=None, ge=1, le=MAX_INTEGER,
+        description="the cohort set version rings are evaluated with; none means the current one",
     )
     epoch: int | None = Field(default=None, ge=0, description="the rotation epoch; none means the current one")
     variants: dict[str, str] = Field(default_factory=dict, description="ring -> variant")
@@ -87,7 +90,8 @@ class RingTargeting(_Model):
 
 
 class JsonLogicTargeting(_Model):
-    json_logic: dict[str, Any] = Field(description="flagd targeting, as in a flagd flag's `targeting`")
+    json_logic: Annotated[dict[str, Any], Shallow] = Field(description="flagd targeting, as in a flagd flag's "
+                                                                       "`targeting`")
 
 
 def _targeting_kind(value: Any) -> str | None:
@@ -115,13 +119,15 @@ class FlagSpec(_Model):
     key: str = Field(pattern=FLAG_KEY_PATTERN, description="the flag key apps evaluate, e.g. 'new-checkout'")
     description: str = ""
     type: FlagType
-    variants: dict[str, Any] = Field(min_length=1, description="variant name -> value, every value of `type`")
+    variants: dict[str, Annotated[Any, Shallow]] = Field(min_length=1, description="variant name -> value, every "
+                                                                                    "value of `type`")
     default_variant: str | None = Field(
         default=None, description="served when targeting gives nothing; none means the app's code default"
     )
     state: FlagState = "ENABLED"
     targeting: Targeting | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict, description="strings, numbers and booleans, as flagd allows")
+    metadata: dict[str, Annotated[Any, Shallow]] = Field(default_factory=dict,
+                                                         description="strings, numbers and booleans, as flagd allows")
     flag_set: str | None = Field(
         default=None, pattern=FLAG_SET_PATTERN, description="served as metadata flagSetId, which selectors filter on"
     )
@@ -269,5 +275,9 @@ def parse_flag(
     cohort_rings: Mapping[str, Sequence[str]],
     version_rings: Mapping[tuple[str, int], Sequence[str]] | None = None,
 ) -> FlagSpec:
-    """Validate a flag given as JSON data; raises pydantic's ValidationError or InvalidFlag."""
-    return check_flag(FlagSpec.model_validate(document), cohort_rings, version_rings)
+    """Validate a flag given as JSON data; raises InvalidFlag naming every field at fault."""
+    try:
+        spec = FlagSpec.model_validate(document)
+    except ValidationError as error:
+        raise InvalidFlag(spec_problems(error, "flag", "docs/flags.md", document)) from None
+    return check_flag(spec, cohort_rings, version_rings)

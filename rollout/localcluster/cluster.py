@@ -42,6 +42,13 @@ from rollout.localcluster.prometheus import (
 KUBE_VERSION = "1.20.2"
 CONTROLLERS = "statefulset,garbagecollector,namespace"
 STOP_ORDER = ("prometheus", "simulator", "kube-controller-manager", "kube-apiserver", "etcd")
+# The API server's audit log: who asked for what, at Metadata level (no bodies), so tests can compare the
+# calls a process makes with the RBAC it is granted. Health checks and discovery are left out.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "None", "nonResourceURLs": ["*"]}, {"level": "Metadata"}],
+}
+AUDIT_LOG_MAX_MB = 50  # then rotated, keeping one older file: at most 100 MB on disk
 
 
 def kube_bin_dir() -> Path:
@@ -142,6 +149,8 @@ class LocalCluster:
         self.prometheus_data = self.root / "prometheus" / "data"
         self.state_file = self.root / "state.json"
         self.logs = self.root / "logs"
+        self.audit_policy = self.root / "audit-policy.yaml"
+        self.audit_log = self.logs / "audit.log"
 
     # Public operations
 
@@ -164,6 +173,7 @@ class LocalCluster:
         state = ClusterState(ports=Ports.choose(state.ports if state else None), started_at=time.time())
         credentials = ensure_credentials(self.root / "pki")
         self._write_kubeconfig(state.ports, credentials)
+        self.audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         deadline = time.monotonic() + timeout_s
         try:
             state.processes["etcd"] = self._start("etcd", self._etcd_command(state.ports))
@@ -358,6 +368,8 @@ class LocalCluster:
             # As OpenShift does: setting blockOwnerDeletion needs update on the owner's finalizers.
             "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--allow-privileged=true", "--profiling=false", "--v=0",
+            f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}", "--audit-log-maxbackup=1",
         ]
 
     def _controller_manager_command(self) -> list[str]:

@@ -9,19 +9,25 @@ request's response_url (`respond`) or `views.open`.
 The signature (v0, HMAC-SHA256 of `v0:<timestamp>:<body>` with the signing secret, at most 5 minutes
 old) is checked before Bolt sees the request, because Bolt parses the body before it verifies it (a
 body it cannot parse, or a timestamp that is not a number, would be a 500 there). Bolt checks again.
+A signature already accepted is refused when it comes again (a replay within those 5 minutes), and
+the body must be a slash command or interaction with every field its listener reads (payloads.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, assert_never
 
 from fastapi import APIRouter, Request, Response
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, App, BoltContext, Respond
 from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
+from slack_bolt.request.internals import build_context
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
@@ -32,28 +38,34 @@ from starlette.concurrency import run_in_threadpool
 from rollout.andon.announce import Announcer, Silent
 from rollout.andon.scope import Scope, check_reason
 from rollout.andon.store import AndonError, AndonStore
-from rollout.api.problems import problem
+from rollout.api.problems import problem, problems
 from rollout.auth.tokens import Role
 from rollout.settings import ServiceSettings
 from rollout.slack import messages
 from rollout.slack.announce import SlackAnnouncer
 from rollout.slack.commands import AndonCommand, Help, PullCord, ReleaseCord, Status, needed, parse
 from rollout.slack.messages import COMMAND, REASON_BLOCK, REASON_INPUT, SlackMessage, escape, slack_actor
+from rollout.slack.payloads import BadSlackRequest, slack_request
 from rollout.slack.users import refusal
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 LISTENER_THREADS = 4
+SIGNATURE_MAX_AGE_S = 5 * 60  # what slack_sdk's SignatureVerifier accepts, either way from now
+REMEMBERED_SIGNATURES = 10_000  # far beyond what Slack sends in 5 minutes; only signed requests are remembered
 SLACK_TIMEOUT_S = 10  # for each Web API call and response_url post; all are made after the ack
 
 router = APIRouter(tags=["slack"])
 
 
-@router.post(EVENTS_PATH, summary="Slack's request URL for /andon and its button and modal",
-             responses={401: {"description": "not signed by Slack, or signed more than 5 minutes ago"},
-                        400: {"description": "signed, but not a body Slack sends"},
-                        503: {"description": "Slack is not configured; the problem names the variables to set"}})
+@router.post(EVENTS_PATH, summary="Slack's request URL for /andon and its button and modal", response_class=Response,
+             responses={200: {"description": "Bolt's acknowledgement: empty, or the modal's errors as JSON",
+                              "content": {"text/plain": {}, "application/json": {}}},
+                        **problems(400, 401, 413, 429, 503,
+                                   s400="signed, but not a body Slack sends; `errors` names the fields at fault",
+                                   s401="not signed by Slack, signed more than 5 minutes ago, or signed before",
+                                   s503="Slack is not configured; the problem names the variables to set")})
 async def slack_events(request: Request) -> Response:
     slack: SlackConnection = request.app.state.slack
     if slack.andon is None:
@@ -61,6 +73,32 @@ async def slack_events(request: Request) -> Response:
                        f"set {' and '.join(slack.missing)} and restart Ringmaster; docs/slack.md says where to "
                        "find them")
     return await slack.andon.handle(request)
+
+
+class SeenSignatures:
+    """The signatures of the requests accepted in the last SIGNATURE_MAX_AGE_S (twice over, for clocks ahead).
+
+    Slack signs each request it sends once, with its time: the same signature again is someone replaying a
+    request they captured, within the minutes its timestamp still passes. Kept in memory, so each process
+    (each replica, each worker) refuses the replays it sees itself.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def first_time(self, signature: str) -> bool:
+        """Whether `signature` is new, remembering it from now on."""
+        now = self._clock()
+        with self._lock:
+            while self._seen and (next(iter(self._seen.values())) < now - 2 * SIGNATURE_MAX_AGE_S
+                                  or len(self._seen) >= REMEMBERED_SIGNATURES):
+                self._seen.popitem(last=False)
+            if signature in self._seen:
+                return False
+            self._seen[signature] = now
+            return True
 
 
 class SlackAndon:
@@ -73,6 +111,7 @@ class SlackAndon:
         self.announcer = announcer
         self.release_by_other = release_by_other
         self.verifier = SignatureVerifier(signing_secret)
+        self.seen = SeenSignatures()
         self._listeners = ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="slack-listener")
         # token_verification_enabled=False: auth.test on the first request, not at start-up, so Ringmaster
         # starts (and its HTTP andon works) while Slack is unreachable.
@@ -94,11 +133,24 @@ class SlackAndon:
             return problem(401, "bad-slack-signature", "The request is not signed by Slack",
                            "X-Slack-Signature must be v0= and the HMAC-SHA256 of v0:<timestamp>:<body> with the "
                            "app's signing secret, and X-Slack-Request-Timestamp at most 5 minutes from now")
+        if not self.seen.first_time(request.headers["X-Slack-Signature"]):
+            log.warning("refused a request to %s from %s: its signature was accepted before (a replay)", EVENTS_PATH,
+                        request.client.host if request.client else "an unknown address")
+            return problem(401, "replayed-slack-request", "The request was received before",
+                           "Slack signs each request once; this signature was already accepted, so the request "
+                           "is a replay")
         try:
+            fields = slack_request(body, request.headers.get("Content-Type"))
             bolt_request = to_bolt_request(request, body)
-        except (ValueError, AttributeError, TypeError) as error:  # what Bolt's parser raises on a strange body
+        except BadSlackRequest as error:
+            return problem(400, "bad-slack-request", "The request is not one Slack sends",
+                           f"not a {COMMAND} command or an interaction of its messages: {error}", error.errors)
+        except ValueError as error:  # what Bolt's parser raises on a body it cannot read
             return problem(400, "bad-slack-request", "The request is not one Slack sends",
                            f"the body is not a slash command or an interaction payload ({error})")
+        # Bolt's own parse of the body may differ (see payloads.py); the listeners read the fields checked.
+        bolt_request.body = fields
+        bolt_request.context = build_context(BoltContext(), fields)
         # dispatch blocks until the listener's ack(): on a worker thread, not the event loop.
         return to_starlette_response(await run_in_threadpool(self.bolt.dispatch, bolt_request))
 
