@@ -49,6 +49,9 @@ bench: venv
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.gates
 	$(BIN)/python -m bench.andon
+	$(BIN)/python -m bench.scale --rollouts 10000 --progressing 200
+	scripts/ensure-debian-packages wrk
+	$(BIN)/python -m bench.ofrep --repeats 3
 
 clean:
 	rm -rf $(VENV) .ringmaster .mypy_cache .ruff_cache .pytest_cache .hypothesis

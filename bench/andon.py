@@ -454,8 +454,8 @@ class Scenario:
     setup_s: float
 
 
-def prepare(cluster: LocalCluster, count: int) -> Scenario:
-    namespace = f"bench-andon-{count}-{secrets.token_hex(3)}"
+def prepare(cluster: LocalCluster, count: int, namespace: str | None = None) -> Scenario:
+    namespace = namespace or f"bench-andon-{count}-{secrets.token_hex(3)}"
     names = [f"app-{number:04d}" for number in range(count)]
     started_s = time.monotonic()
     with cluster.api_client() as api_client:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +76,8 @@ class Replica:
 
 
 @contextmanager
-def replicas(database_url: str, count: int, log_dir: Path) -> Iterator[list[Replica]]:
-    """`count` serve processes on the database, each with its own HTTP and sync port."""
+def replicas(database_url: str, count: int, log_dir: Path, options: Sequence[str] = ()) -> Iterator[list[Replica]]:
+    """`count` serve processes on the database, each with its own HTTP and sync port, and `options` of serve."""
     started: list[Replica] = []
     environment = {**os.environ, "RINGMASTER_DATABASE_URL": database_url}
     try:
@@ -85,7 +85,8 @@ def replicas(database_url: str, count: int, log_dir: Path) -> Iterator[list[Repl
             port, sync_port = free_port(), free_port()
             log = (log_dir / f"serve-{number}.log").open("wb")
             process = subprocess.Popen(
-                [sys.executable, "-m", "rollout", "serve", "--port", str(port), "--sync-port", str(sync_port)],
+                [sys.executable, "-m", "rollout", "serve", "--port", str(port), "--sync-port", str(sync_port),
+                 *options],
                 env=environment, stdout=log, stderr=subprocess.STDOUT)
             started.append(Replica(f"http://127.0.0.1:{port}", sync_port, process))
         for replica in started:

@@ -161,15 +161,25 @@ def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
     sync_port: Annotated[int, typer.Option(help="port of flagd's sync gRPC service (flagd.sync.v1); 0 turns it off",
                                            min=0, max=65535)] = DEFAULT_SYNC_PORT,
+    workers: Annotated[int, typer.Option(
+        help="processes serving both ports (uvicorn workers); each has its own caches, streams and /metrics",
+        min=1, max=64)] = 1,
 ) -> None:
     """Serve the HTTP API (cohorts, flags, rollouts, flagd document and stream, OFREP, /metrics) and flagd sync."""
     from rollout.api.app import create_app
+    from rollout.api.workers import ListenError, serve_workers
 
     try:
         settings = replace(ServiceSettings.from_environment(), sync_port=sync_port or None, sync_host=host)
     except SettingsError as error:
         raise fail(str(error)) from error
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+        return
+    try:
+        serve_workers(host, port, sync_port or None, workers)
+    except ListenError as error:
+        raise fail(str(error)) from error
 
 
 @app.command("controller")
